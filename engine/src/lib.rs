@@ -1,0 +1,31 @@
+//! The hookshift delivery engine.
+//!
+//! Layout:
+//! - [`config`]: the typed configuration, its TOML file, environment
+//!   overrides and validation.
+//! - [`state`]: the delivery state machine and outcome classes, declared once.
+//! - [`store`]: SQLite/PostgreSQL persistence: endpoints, events, deliveries,
+//!   transitions, attempts, and the claim/rescue API the worker uses.
+//! - [`ingest`]: group commit for `POST /v1/events`.
+//! - [`api`]: the axum platform API; [`api::Problem`] is its only error type.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`signing`]: the signature schemes (Standard Webhooks, legacy, GitHub,
+//!   Stripe, Slack) as pure functions over exact bytes.
+//! - [`gojson`]: a byte-exact re-implementation of what the legacy Go sender
+//!   does to a payload (`encoding/json` through `interface{}`).
+//! - [`clock`], [`ids`]: injected time, identifiers and secrets.
+//! - [`server`]: wires the parts together; `run(config, listener, shutdown)`.
+//! - [`testing`]: helpers that start an engine on 127.0.0.1:0 for tests.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod gojson;
+pub mod ids;
+pub mod ingest;
+pub mod metrics;
+pub mod server;
+pub mod signing;
+pub mod state;
+pub mod store;
+pub mod testing;

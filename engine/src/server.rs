@@ -1,0 +1,122 @@
+//! Starting and stopping an engine: connect the store, start the ingest
+//! writers, serve the API until the shutdown future resolves.
+
+use crate::api::{self, AppState};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::ValidConfig;
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::store::{BackendKind, Store};
+use anyhow::Context as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A connected engine, ready to serve.
+pub struct Engine {
+    state: Arc<AppState>,
+}
+
+impl Engine {
+    /// Connects to the database (applying migrations) and starts ingest.
+    pub async fn start(config: ValidConfig) -> anyhow::Result<Engine> {
+        let store = Store::connect(&config.raw.database_url)
+            .await
+            .with_context(|| {
+                format!("opening database {}", redact_url(&config.raw.database_url))
+            })?;
+        Ok(Self::with_store(config, store, Arc::new(SystemClock)))
+    }
+
+    /// An engine over an already-connected store and a given clock.
+    pub fn with_store(config: ValidConfig, store: Store, clock: SharedClock) -> Engine {
+        let metrics = Arc::new(Metrics::default());
+        let writers = match (config.raw.ingest.writers, store.kind()) {
+            (0, BackendKind::Sqlite) => 1,
+            (0, BackendKind::Postgres) => 4,
+            (n, _) => n,
+        };
+        let ingestor = Ingestor::start(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            writers,
+            config.raw.ingest.max_batch,
+        );
+        Engine {
+            state: Arc::new(AppState {
+                store,
+                ingestor,
+                clock,
+                metrics,
+                config,
+            }),
+        }
+    }
+
+    /// The engine's store.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Serves the API on `listener` until `shutdown` resolves, then finishes
+    /// in-flight requests and closes the database.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let store = self.state.store.clone();
+        let app = api::router(self.state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the API")?;
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Binds the configured address and serves until `shutdown`, printing the
+/// bound address (tools and tests parse the line).
+pub async fn run(
+    config: ValidConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen: SocketAddr = config.listen;
+    let engine = Engine::start(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("engine listening on http://{addr}");
+    tracing::info!(%addr, "engine listening");
+    engine.serve(listener, shutdown).await
+}
+
+/// A database URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

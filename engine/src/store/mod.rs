@@ -1,0 +1,834 @@
+//! Durable state: endpoints, events, deliveries, their transitions and
+//! attempts, on SQLite or PostgreSQL.
+//!
+//! One [`Store`] wraps either backend's native sqlx pool. Each method's body
+//! is written once and expanded for both pools by the `with_pool!` macro, so
+//! the SQL is shared; only the claim statement differs (PostgreSQL claims with
+//! `FOR UPDATE SKIP LOCKED`, SQLite with one atomic `UPDATE … RETURNING`, its
+//! single writer making that safe). Times are unix milliseconds passed in by
+//! the caller, so tests control the clock.
+//!
+//! Architecture invariant: every change of `deliveries.state` happens in the
+//! same transaction as the `delivery_transitions` row that records it, and
+//! only this module writes either table.
+
+mod rows;
+
+pub use rows::*;
+
+use crate::state::{DeliveryState, OutcomeClass, TransitionReason};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Most rows one multi-row INSERT carries; keeps well under both backends'
+/// bound-parameter limits.
+const ROWS_PER_INSERT: usize = 500;
+
+/// A storage failure. `is_retryable` says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no (connection lost, lock timeout, constraint).
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed at start-up.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL is not one this store understands.
+    #[error("unsupported database URL (expected sqlite://PATH, sqlite::memory: or postgres://…)")]
+    UnsupportedUrl,
+    /// A stored value failed to decode (a bug or a hand-edited row).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether a retry of the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || e
+                    .as_database_error()
+                    .map(|d| {
+                        let code = d.code().unwrap_or_default();
+                        // SQLite busy/locked, PostgreSQL serialization/deadlock.
+                        matches!(code.as_ref(), "5" | "6" | "517" | "40001" | "40P01")
+                    })
+                    .unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per backend with `$pool` bound to that backend's pool.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The engine's database.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Embedded, one file.
+    Sqlite,
+    /// Shared by several engine processes.
+    Postgres,
+}
+
+impl Store {
+    /// Connects, creating a SQLite file if missing, and applies migrations.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Like [`Store::connect`], with PostgreSQL's `search_path` set to
+    /// `schema` (tests isolate themselves in a fresh schema this way).
+    pub async fn connect_with(url: &str, pg_schema: Option<&str>) -> Result<Store> {
+        let backend = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on disk before ingest answers 202.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let memory = url.contains(":memory:");
+            let pool = SqlitePoolOptions::new()
+                // An in-memory database lives in one connection.
+                .max_connections(if memory { 1 } else { 8 })
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Backend::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut opts = PgConnectOptions::from_str(url)?;
+            if let Some(schema) = pg_schema {
+                opts = opts.options([("search_path", schema)]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Backend::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        Ok(Store { backend })
+    }
+
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Cheap round trip for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    // ----- endpoints -------------------------------------------------------
+
+    /// Creates or updates an endpoint. On creation `secret` (given or
+    /// generated by the caller) becomes its current secret; on update a
+    /// given secret replaces the current one at once.
+    pub async fn upsert_endpoint(
+        &self,
+        id: &str,
+        spec: &EndpointSpec,
+        secret: Option<&str>,
+        now: i64,
+    ) -> Result<UpsertedEndpoint> {
+        let event_types = serde_json::to_string(&spec.event_types).expect("strings serialize");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Write first: SQLite then takes its write lock at once, under
+            // the busy timeout, instead of failing a read-to-write upgrade.
+            let updated = sqlx::query(
+                "UPDATE endpoints SET url = $2, description = $3, event_types = $4, disabled = $5, \
+                 rate_limit_per_s = $6, profile = $7, deleted_at = NULL, updated_at = $8 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(&spec.url)
+            .bind(&spec.description)
+            .bind(&event_types)
+            .bind(spec.disabled)
+            .bind(spec.rate_limit_per_s)
+            .bind(&spec.profile)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let created = updated == 0;
+            if created {
+                sqlx::query(
+                    "INSERT INTO endpoints (id, url, description, event_types, disabled, \
+                     rate_limit_per_s, profile, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                )
+                .bind(id)
+                .bind(&spec.url)
+                .bind(&spec.description)
+                .bind(&event_types)
+                .bind(spec.disabled)
+                .bind(spec.rate_limit_per_s)
+                .bind(&spec.profile)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(secret) = secret {
+                // A replaced secret stops signing at once; rotation (with a
+                // grace period) is rotate_secret's job.
+                sqlx::query(
+                    "UPDATE endpoint_secrets SET expires_at = $2 \
+                     WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(id)
+                .bind(secret)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if spec.disabled {
+                cancel_waiting(&mut tx, id, now).await?;
+            }
+            let row: EndpointRow = sqlx::query_as(ENDPOINT_SELECT_BY_ID)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(UpsertedEndpoint { endpoint: row, created })
+        })
+    }
+
+    /// One endpoint, unless it was deleted.
+    pub async fn get_endpoint(&self, id: &str) -> Result<Option<EndpointRow>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(ENDPOINT_SELECT_BY_ID).bind(id).fetch_optional(pool).await?
+                .filter(|e: &EndpointRow| e.deleted_at.is_none()))
+        })
+    }
+
+    /// All endpoints not deleted, by id.
+    pub async fn list_endpoints(&self) -> Result<Vec<EndpointRow>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT id, url, description, event_types, disabled, rate_limit_per_s, profile, \
+                 deleted_at, created_at, updated_at FROM endpoints WHERE deleted_at IS NULL ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Soft-deletes an endpoint: no new deliveries, waiting ones cancelled,
+    /// history kept. Returns false if there was no such endpoint.
+    pub async fn delete_endpoint(&self, id: &str, now: i64) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE endpoints SET deleted_at = $2, updated_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                cancel_waiting(&mut tx, id, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// The secrets that sign for an endpoint now: the current one first,
+    /// then any still in their grace period, newest first.
+    pub async fn signing_secrets(&self, endpoint_id: &str, now: i64) -> Result<Vec<String>> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT secret FROM endpoint_secrets WHERE endpoint_id = $1 \
+                 AND (expires_at IS NULL OR expires_at > $2) \
+                 ORDER BY (CASE WHEN expires_at IS NULL THEN 0 ELSE 1 END), seq DESC",
+            )
+            .bind(endpoint_id)
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+        })
+    }
+
+    /// Makes `new_secret` current; the old one keeps signing until
+    /// `now + grace_ms`. Returns false if the endpoint does not exist.
+    pub async fn rotate_secret(
+        &self,
+        endpoint_id: &str,
+        new_secret: &str,
+        now: i64,
+        grace_ms: i64,
+    ) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE endpoint_secrets SET expires_at = $2 WHERE endpoint_id = $1 AND expires_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM endpoints WHERE id = $1 AND deleted_at IS NULL)",
+            )
+            .bind(endpoint_id)
+            .bind(now + grace_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(endpoint_id)
+            .bind(new_secret)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    // ----- events ----------------------------------------------------------
+
+    /// An event by id.
+    pub async fn get_event(&self, id: &str) -> Result<Option<EventRow>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT id, type, tenant, payload_raw, request_hash, idempotency_key, created_at \
+                 FROM events WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?)
+        })
+    }
+
+    /// An event by its Idempotency-Key.
+    pub async fn get_event_by_idempotency_key(&self, key: &str) -> Result<Option<EventRow>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT id, type, tenant, payload_raw, request_hash, idempotency_key, created_at \
+                 FROM events WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_optional(pool)
+            .await?)
+        })
+    }
+
+    /// Stores a batch of events and their deliveries in one transaction, one
+    /// delivery per enabled endpoint whose `event_types` match (none = all).
+    /// An event whose id or idempotency key already exists (in the store or
+    /// earlier in the batch) is left alone and reported as
+    /// [`IngestOutcome::Exists`]. Returns one outcome per input, in order,
+    /// only after the commit.
+    pub async fn ingest(&self, batch: &[NewEvent], now: i64) -> Result<Vec<IngestOutcome>> {
+        // Duplicates inside the batch are settled here, before the database.
+        let mut seen_ids = HashSet::new();
+        let mut seen_keys = HashSet::new();
+        let fresh: Vec<bool> = batch
+            .iter()
+            .map(|e| {
+                let new_id = seen_ids.insert(e.id.as_str());
+                let new_key = e
+                    .idempotency_key
+                    .as_deref()
+                    .is_none_or(|k| seen_keys.insert(k));
+                new_id && new_key
+            })
+            .collect();
+        let candidates: Vec<&NewEvent> = batch
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, f)| **f)
+            .map(|(e, _)| e)
+            .collect();
+
+        let (inserted, deliveries) = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut inserted: HashSet<String> = HashSet::new();
+            for chunk in candidates.chunks(ROWS_PER_INSERT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO events (id, type, tenant, payload_raw, payload, request_hash, \
+                     idempotency_key, created_at) ",
+                );
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(&e.id)
+                        .push_bind(&e.event_type)
+                        .push_bind(&e.tenant)
+                        .push_bind(&e.payload_raw)
+                        .push_bind(&e.payload_parsed)
+                        .push_bind(&e.request_hash)
+                        .push_bind(&e.idempotency_key)
+                        .push_bind(now);
+                });
+                qb.push(" ON CONFLICT DO NOTHING RETURNING id");
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    inserted.insert(row.try_get::<String, _>(0)?);
+                }
+            }
+            let endpoints: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, event_types FROM endpoints WHERE deleted_at IS NULL AND NOT disabled ORDER BY id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let endpoints = parse_endpoint_filters(endpoints)?;
+            let mut deliveries: Vec<(usize, String, String)> = Vec::new(); // (batch index, delivery id, endpoint id)
+            for (i, e) in batch.iter().enumerate() {
+                if !fresh[i] || !inserted.contains(&e.id) {
+                    continue;
+                }
+                for (endpoint_id, types) in &endpoints {
+                    if types.is_empty() || types.iter().any(|t| t == &e.event_type) {
+                        deliveries.push((i, crate::ids::delivery_id(), endpoint_id.clone()));
+                    }
+                }
+            }
+            for chunk in deliveries.chunks(ROWS_PER_INSERT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO deliveries (id, event_id, endpoint_id, state, attempt_count, \
+                     next_attempt_at, created_at, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, (i, id, endpoint)| {
+                    b.push_bind(id)
+                        .push_bind(&batch[*i].id)
+                        .push_bind(endpoint)
+                        .push_bind(DeliveryState::Pending.as_str())
+                        .push_bind(0i64)
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) ",
+                );
+                qb.push_values(chunk, |mut b, (_, id, _)| {
+                    b.push_bind(id)
+                        .push_bind(None::<String>)
+                        .push_bind(DeliveryState::Pending.as_str())
+                        .push_bind(0i64)
+                        .push_bind(TransitionReason::Created.as_str())
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            (inserted, deliveries)
+        });
+
+        let mut per_event: HashMap<usize, Vec<DeliveryRef>> = HashMap::new();
+        for (i, id, endpoint_id) in deliveries {
+            per_event
+                .entry(i)
+                .or_default()
+                .push(DeliveryRef { id, endpoint_id });
+        }
+        Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if fresh[i] && inserted.contains(&e.id) {
+                    IngestOutcome::Inserted(per_event.remove(&i).unwrap_or_default())
+                } else {
+                    IngestOutcome::Exists
+                }
+            })
+            .collect())
+    }
+
+    // ----- deliveries ------------------------------------------------------
+
+    /// The deliveries an event created, ordered by endpoint id (the order
+    /// ingest answered with).
+    pub async fn event_deliveries(&self, event_id: &str) -> Result<Vec<DeliveryRow>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(&format!(
+                "{DELIVERY_SELECT} WHERE event_id = $1 ORDER BY endpoint_id, id"
+            ))
+            .bind(event_id)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// One delivery.
+    pub async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryRow>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(&format!("{DELIVERY_SELECT} WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?)
+        })
+    }
+
+    /// A page of deliveries ordered by id, after `filter.cursor`.
+    pub async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>> {
+        with_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(DELIVERY_SELECT);
+            qb.push(" WHERE 1 = 1");
+            if let Some(state) = filter.state {
+                qb.push(" AND state = ").push_bind(state.as_str());
+            }
+            if let Some(endpoint) = &filter.endpoint_id {
+                qb.push(" AND endpoint_id = ").push_bind(endpoint);
+            }
+            if let Some(cursor) = &filter.cursor {
+                qb.push(" AND id > ").push_bind(cursor);
+            }
+            qb.push(" ORDER BY id LIMIT ").push_bind(filter.limit);
+            Ok(qb.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// Attempts of the given deliveries, in attempt order.
+    pub async fn attempts_for(&self, delivery_ids: &[String]) -> Result<Vec<AttemptRow>> {
+        if delivery_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(
+                "SELECT id, delivery_id, attempt, request_headers, body_sha256, response_status, \
+                 response_headers, response_body, response_truncated, duration_ms, outcome, error, \
+                 started_at, finished_at FROM attempts WHERE delivery_id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in delivery_ids {
+                sep.push_bind(id);
+            }
+            qb.push(") ORDER BY delivery_id, attempt");
+            Ok(qb.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// State transitions of the given deliveries, in the order they happened.
+    pub async fn transitions_for(&self, delivery_ids: &[String]) -> Result<Vec<TransitionRow>> {
+        if delivery_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(
+                "SELECT seq, delivery_id, from_state, to_state, attempt, outcome, reason, at \
+                 FROM delivery_transitions WHERE delivery_id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in delivery_ids {
+                sep.push_bind(id);
+            }
+            qb.push(") ORDER BY seq");
+            Ok(qb.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// Puts a delivery in a terminal state back to pending, due now, keeping
+    /// its event and delivery ids. Audited as a `replay` transition.
+    pub async fn replay(&self, id: &str, now: i64) -> Result<ReplayResult> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query(
+                "UPDATE deliveries SET claimed_from = state, state = 'pending', next_attempt_at = $2, \
+                 updated_at = $2 WHERE id = $1 AND state IN ('succeeded', 'failed', 'cancelled') \
+                 RETURNING attempt_count, claimed_from",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                let state: Option<String> = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Ok(match state {
+                    None => ReplayResult::NotFound,
+                    Some(s) => ReplayResult::NotTerminal(parse_state(&s)?),
+                });
+            };
+            let attempt: i64 = row.try_get(0)?;
+            let from: String = row.try_get(1)?;
+            sqlx::query(
+                "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(&from)
+            .bind(attempt)
+            .bind(TransitionReason::Replay.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(ReplayResult::Replayed)
+        })
+    }
+
+    /// Leases up to `limit` due deliveries to `owner` until `lease_until`,
+    /// moving them to in_flight and counting the attempt, in one statement.
+    /// Two claimers never receive the same delivery while its lease holds.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>> {
+        let rows: Vec<ClaimedRaw> = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let sql = match self.kind() {
+                BackendKind::Postgres => {
+                    "WITH due AS (SELECT id FROM deliveries \
+                       WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= $3 \
+                       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     UPDATE deliveries d SET claimed_from = d.state, state = 'in_flight', \
+                       attempt_count = d.attempt_count + 1, lease_owner = $1, lease_expires_at = $2, \
+                       next_attempt_at = NULL, updated_at = $3 \
+                     FROM due WHERE d.id = due.id \
+                     RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claimed_from"
+                }
+                BackendKind::Sqlite => {
+                    "UPDATE deliveries SET claimed_from = state, state = 'in_flight', \
+                       attempt_count = attempt_count + 1, lease_owner = $1, lease_expires_at = $2, \
+                       next_attempt_at = NULL, updated_at = $3 \
+                     WHERE id IN (SELECT id FROM deliveries \
+                       WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= $3 \
+                       ORDER BY next_attempt_at LIMIT $4) \
+                     RETURNING id, event_id, endpoint_id, attempt_count, claimed_from"
+                }
+            };
+            let rows: Vec<ClaimedRaw> = sqlx::query_as(sql)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(&r.id)
+                        .push_bind(&r.claimed_from)
+                        .push_bind(DeliveryState::InFlight.as_str())
+                        .push_bind(r.attempt_count)
+                        .push_bind(TransitionReason::Claimed.as_str())
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            rows
+        });
+        rows.into_iter()
+            .map(|r| {
+                Ok(Claimed {
+                    from: parse_state(&r.claimed_from)?,
+                    id: r.id,
+                    event_id: r.event_id,
+                    endpoint_id: r.endpoint_id,
+                    attempt: r.attempt_count,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves deliveries whose lease expired before `now` to retry_scheduled,
+    /// due at once (the worker holding them crashed or stalled). Returns how
+    /// many were rescued.
+    pub async fn rescue_expired(&self, now: i64) -> Result<u64> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(
+                "UPDATE deliveries SET claimed_from = state, state = 'retry_scheduled', \
+                 next_attempt_at = $1, lease_owner = NULL, lease_expires_at = NULL, \
+                 last_outcome = NULL, updated_at = $1 \
+                 WHERE state = 'in_flight' AND lease_expires_at < $1 RETURNING id, attempt_count",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.get::<String, _>(0))
+                        .push_bind(DeliveryState::InFlight.as_str())
+                        .push_bind(DeliveryState::RetryScheduled.as_str())
+                        .push_bind(r.get::<i64, _>(1))
+                        .push_bind(TransitionReason::LeaseExpired.as_str())
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(rows.len() as u64)
+        })
+    }
+
+    /// Counts deliveries per state (for metrics and tests).
+    pub async fn count_by_state(&self) -> Result<HashMap<DeliveryState, i64>> {
+        with_pool!(self, pool => {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+                    .fetch_all(pool)
+                    .await?;
+            rows.into_iter().map(|(s, n)| Ok((parse_state(&s)?, n))).collect()
+        })
+    }
+
+    /// Inserts a transition row as given, bypassing the state machine. Only
+    /// for the test that checks the database's CHECK constraint agrees with
+    /// [`DeliveryState::can_transition`].
+    #[doc(hidden)]
+    pub async fn raw_insert_transition(
+        &self,
+        delivery_id: &str,
+        from: Option<&str>,
+        to: &str,
+        outcome: Option<OutcomeClass>,
+    ) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, outcome, reason, at) \
+                 VALUES ($1, $2, $3, 0, $4, 'test', 0)",
+            )
+            .bind(delivery_id)
+            .bind(from)
+            .bind(to)
+            .bind(outcome.map(|o| o.as_str()))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+const ENDPOINT_SELECT_BY_ID: &str =
+    "SELECT id, url, description, event_types, disabled, rate_limit_per_s, profile, \
+     deleted_at, created_at, updated_at FROM endpoints WHERE id = $1";
+
+const DELIVERY_SELECT: &str =
+    "SELECT id, event_id, endpoint_id, state, attempt_count, next_attempt_at, lease_expires_at, \
+     last_outcome, created_at, updated_at FROM deliveries";
+
+/// Cancels an endpoint's deliveries that wait for an attempt, recording
+/// each transition. In-flight ones finish their attempt.
+async fn cancel_waiting<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    i64: for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let rows = sqlx::query(
+        "UPDATE deliveries SET claimed_from = state, state = 'cancelled', next_attempt_at = NULL, \
+         updated_at = $2 WHERE endpoint_id = $1 AND state IN ('pending', 'retry_scheduled') \
+         RETURNING id, attempt_count, claimed_from",
+    )
+    .bind(endpoint_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let attempt: i64 = r.try_get(1)?;
+        let from: String = r.try_get(2)?;
+        sqlx::query(
+            "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) \
+             VALUES ($1, $2, 'cancelled', $3, $4, $5)",
+        )
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .bind(attempt)
+        .bind(TransitionReason::EndpointGone.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn parse_state(s: &str) -> Result<DeliveryState> {
+    s.parse()
+        .map_err(|e: crate::state::UnknownState| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_endpoint_filters(rows: Vec<(String, String)>) -> Result<Vec<(String, Vec<String>)>> {
+    rows.into_iter()
+        .map(|(id, types)| {
+            let types: Vec<String> = serde_json::from_str(&types).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "endpoint {id}: event_types is not a JSON list: {e}"
+                ))
+            })?;
+            Ok((id, types))
+        })
+        .collect()
+}

@@ -1,0 +1,187 @@
+//! Row types read from the store, and the inputs written to it.
+
+use crate::state::DeliveryState;
+
+/// What an endpoint upsert sets (the secret travels separately so it is
+/// never part of a value that could be logged).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSpec {
+    /// Absolute http(s) URL.
+    pub url: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Event types delivered; empty means all.
+    pub event_types: Vec<String>,
+    /// A disabled endpoint gets no new deliveries.
+    pub disabled: bool,
+    /// Requests per second the receiver accepts, if limited.
+    pub rate_limit_per_s: Option<i64>,
+    /// Signing profile; None uses the server default.
+    pub profile: Option<String>,
+}
+
+/// An endpoint as stored. Its secrets live in `endpoint_secrets`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRow {
+    pub id: String,
+    pub url: String,
+    pub description: Option<String>,
+    /// JSON list of event types.
+    pub event_types: String,
+    pub disabled: bool,
+    pub rate_limit_per_s: Option<i64>,
+    pub profile: Option<String>,
+    pub deleted_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl EndpointRow {
+    /// The decoded event-type filter (stored rows are written by this crate,
+    /// so a bad value decodes as "all" rather than failing a read).
+    pub fn event_types(&self) -> Vec<String> {
+        serde_json::from_str(&self.event_types).unwrap_or_default()
+    }
+}
+
+/// Result of an upsert.
+#[derive(Debug, Clone)]
+pub struct UpsertedEndpoint {
+    /// The endpoint after the write.
+    pub endpoint: EndpointRow,
+    /// True when the endpoint did not exist before.
+    pub created: bool,
+}
+
+/// An event to ingest, fully prepared by the API layer.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub tenant: Option<String>,
+    /// The payload's bytes exactly as received.
+    pub payload_raw: Vec<u8>,
+    /// The parsed payload, re-serialized compactly, for queries.
+    pub payload_parsed: String,
+    /// SHA-256 (hex) of the whole request body.
+    pub request_hash: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: String,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub tenant: Option<String>,
+    pub payload_raw: Vec<u8>,
+    pub request_hash: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: i64,
+}
+
+/// A delivery id with its endpoint, as ingest answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryRef {
+    pub id: String,
+    pub endpoint_id: String,
+}
+
+/// What ingest did with one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored, with these deliveries (ordered by endpoint id).
+    Inserted(Vec<DeliveryRef>),
+    /// An event with this id or idempotency key already exists.
+    Exists,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub state: String,
+    pub attempt_count: i64,
+    pub next_attempt_at: Option<i64>,
+    pub lease_expires_at: Option<i64>,
+    pub last_outcome: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One attempt as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub id: String,
+    pub delivery_id: String,
+    pub attempt: i64,
+    pub request_headers: String,
+    pub body_sha256: String,
+    pub response_status: Option<i64>,
+    pub response_headers: Option<String>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_truncated: bool,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub finished_at: i64,
+}
+
+/// One state transition as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransitionRow {
+    pub seq: i64,
+    pub delivery_id: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub attempt: i64,
+    pub outcome: Option<String>,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// Filters for listing deliveries.
+#[derive(Debug, Clone)]
+pub struct DeliveryFilter {
+    pub state: Option<DeliveryState>,
+    pub endpoint_id: Option<String>,
+    /// Return deliveries with ids after this one.
+    pub cursor: Option<String>,
+    pub limit: i64,
+}
+
+/// What a replay request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayResult {
+    /// Back to pending, due now.
+    Replayed,
+    /// No such delivery.
+    NotFound,
+    /// The delivery is not finished yet.
+    NotTerminal(DeliveryState),
+}
+
+/// A delivery leased to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    /// The attempt number this lease is for (1 for the first).
+    pub attempt: i64,
+    /// The state the claim moved it out of.
+    pub from: DeliveryState,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ClaimedRaw {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub attempt_count: i64,
+    pub claimed_from: String,
+}
