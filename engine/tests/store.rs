@@ -29,7 +29,12 @@ fn event(id: &str, ty: &str) -> NewEvent {
 async fn endpoints(store: &Store, n: usize) {
     for i in 0..n {
         store
-            .upsert_endpoint(&format!("ep{i}"), &spec("https://example.com/h", &[]), Some("whsec_x"), 1)
+            .upsert_endpoint(
+                &format!("ep{i}"),
+                &spec("https://example.com/h", &[]),
+                Some("whsec_x"),
+                1,
+            )
             .await
             .unwrap();
     }
@@ -40,10 +45,13 @@ async fn transition_table_matches_database() {
     for db in TestDb::all().await {
         endpoints(&db.store, 1).await;
         let out = db.store.ingest(&[event("e1", "t")], 10).await.unwrap();
-        let IngestOutcome::Inserted(d) = &out[0] else { panic!("not inserted") };
+        let IngestOutcome::Inserted(d) = &out[0] else {
+            panic!("not inserted")
+        };
         let delivery = &d[0].id;
-        let froms: Vec<Option<DeliveryState>> =
-            std::iter::once(None).chain(DeliveryState::ALL.map(Some)).collect();
+        let froms: Vec<Option<DeliveryState>> = std::iter::once(None)
+            .chain(DeliveryState::ALL.map(Some))
+            .collect();
         for from in &froms {
             for to in DeliveryState::ALL {
                 let allowed = DeliveryState::can_transition(*from, to);
@@ -62,7 +70,11 @@ async fn transition_table_matches_database() {
             }
         }
         // Unknown states are refused too.
-        assert!(db.store.raw_insert_transition(delivery, Some("pending"), "running", None).await.is_err());
+        assert!(db
+            .store
+            .raw_insert_transition(delivery, Some("pending"), "running", None)
+            .await
+            .is_err());
     }
 }
 
@@ -70,23 +82,50 @@ async fn transition_table_matches_database() {
 async fn ingest_fans_out_to_matching_endpoints_only() {
     for db in TestDb::all().await {
         let s = &db.store;
-        s.upsert_endpoint("all", &spec("https://a.example/h", &[]), Some("whsec_a"), 1).await.unwrap();
-        s.upsert_endpoint("orders", &spec("https://b.example/h", &["order.created"]), Some("whsec_b"), 1).await.unwrap();
-        s.upsert_endpoint("off", &EndpointSpec { disabled: true, ..spec("https://c.example/h", &[]) }, Some("whsec_c"), 1)
+        s.upsert_endpoint("all", &spec("https://a.example/h", &[]), Some("whsec_a"), 1)
             .await
             .unwrap();
+        s.upsert_endpoint(
+            "orders",
+            &spec("https://b.example/h", &["order.created"]),
+            Some("whsec_b"),
+            1,
+        )
+        .await
+        .unwrap();
+        s.upsert_endpoint(
+            "off",
+            &EndpointSpec {
+                disabled: true,
+                ..spec("https://c.example/h", &[])
+            },
+            Some("whsec_c"),
+            1,
+        )
+        .await
+        .unwrap();
         let out = s
-            .ingest(&[event("e1", "order.created"), event("e2", "user.deleted")], 5)
+            .ingest(
+                &[event("e1", "order.created"), event("e2", "user.deleted")],
+                5,
+            )
             .await
             .unwrap();
         let eps = |o: &IngestOutcome| match o {
-            IngestOutcome::Inserted(d) => d.iter().map(|d| d.endpoint_id.clone()).collect::<Vec<_>>(),
+            IngestOutcome::Inserted(d) => {
+                d.iter().map(|d| d.endpoint_id.clone()).collect::<Vec<_>>()
+            }
             IngestOutcome::Exists => panic!("[{}] not inserted", db.label),
         };
         assert_eq!(eps(&out[0]), vec!["all", "orders"], "[{}]", db.label);
         assert_eq!(eps(&out[1]), vec!["all"], "[{}]", db.label);
         let counts = s.count_by_state().await.unwrap();
-        assert_eq!(counts.get(&DeliveryState::Pending), Some(&3), "[{}]", db.label);
+        assert_eq!(
+            counts.get(&DeliveryState::Pending),
+            Some(&3),
+            "[{}]",
+            db.label
+        );
     }
 }
 
@@ -104,9 +143,17 @@ async fn duplicate_ids_are_not_stored_twice() {
             .ingest(&[event("e1", "t"), event("e1", "t"), with_key, same_key], 1)
             .await
             .unwrap();
-        assert!(matches!(out[0], IngestOutcome::Inserted(ref d) if d.len() == 2), "[{}]", db.label);
+        assert!(
+            matches!(out[0], IngestOutcome::Inserted(ref d) if d.len() == 2),
+            "[{}]",
+            db.label
+        );
         assert_eq!(out[1], IngestOutcome::Exists, "[{}]", db.label);
-        assert!(matches!(out[2], IngestOutcome::Inserted(_)), "[{}]", db.label);
+        assert!(
+            matches!(out[2], IngestOutcome::Inserted(_)),
+            "[{}]",
+            db.label
+        );
         assert_eq!(out[3], IngestOutcome::Exists, "[{}]", db.label);
         let again = s.ingest(&[event("e1", "t")], 2).await.unwrap();
         assert_eq!(again[0], IngestOutcome::Exists, "[{}]", db.label);
@@ -120,20 +167,34 @@ async fn claims_lease_due_deliveries_and_rescue_expired_ones() {
     for db in TestDb::all().await {
         let s = &db.store;
         endpoints(s, 1).await;
-        s.ingest(&[event("e1", "t"), event("e2", "t")], 1_000).await.unwrap();
+        s.ingest(&[event("e1", "t"), event("e2", "t")], 1_000)
+            .await
+            .unwrap();
         // Not yet due.
-        assert!(s.claim("w1", 999, 31_000, 10).await.unwrap().is_empty(), "[{}]", db.label);
+        assert!(
+            s.claim("w1", 999, 31_000, 10).await.unwrap().is_empty(),
+            "[{}]",
+            db.label
+        );
         let claimed = s.claim("w1", 1_000, 31_000, 10).await.unwrap();
         assert_eq!(claimed.len(), 2, "[{}]", db.label);
-        assert!(claimed.iter().all(|c| c.attempt == 1 && c.from == DeliveryState::Pending));
+        assert!(claimed
+            .iter()
+            .all(|c| c.attempt == 1 && c.from == DeliveryState::Pending));
         // Leased: nobody else gets them, and the rescuer leaves them alone.
-        assert!(s.claim("w2", 2_000, 32_000, 10).await.unwrap().is_empty(), "[{}]", db.label);
+        assert!(
+            s.claim("w2", 2_000, 32_000, 10).await.unwrap().is_empty(),
+            "[{}]",
+            db.label
+        );
         assert_eq!(s.rescue_expired(30_999).await.unwrap(), 0, "[{}]", db.label);
         // The lease ran out: rescued, then claimable again as attempt 2.
         assert_eq!(s.rescue_expired(31_001).await.unwrap(), 2, "[{}]", db.label);
         let again = s.claim("w2", 31_001, 61_000, 10).await.unwrap();
         assert_eq!(again.len(), 2, "[{}]", db.label);
-        assert!(again.iter().all(|c| c.attempt == 2 && c.from == DeliveryState::RetryScheduled));
+        assert!(again
+            .iter()
+            .all(|c| c.attempt == 2 && c.from == DeliveryState::RetryScheduled));
         let ids: Vec<String> = again.iter().map(|c| c.id.clone()).collect();
         let hist: Vec<(Option<String>, String, String)> = s
             .transitions_for(&ids[..1])
@@ -142,7 +203,8 @@ async fn claims_lease_due_deliveries_and_rescue_expired_ones() {
             .into_iter()
             .map(|t| (t.from_state, t.to_state, t.reason))
             .collect();
-        let expect = |f: Option<&str>, t: &str, r: &str| (f.map(String::from), t.to_string(), r.to_string());
+        let expect =
+            |f: Option<&str>, t: &str, r: &str| (f.map(String::from), t.to_string(), r.to_string());
         assert_eq!(
             hist,
             vec![
@@ -191,9 +253,18 @@ async fn concurrent_claimers_never_share_a_lease() {
         }
         assert_eq!(seen.len(), total, "[{}] every delivery claimed", db.label);
         let doubles: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(doubles.is_empty(), "[{}] claimed twice: {doubles:?}", db.label);
+        assert!(
+            doubles.is_empty(),
+            "[{}] claimed twice: {doubles:?}",
+            db.label
+        );
         let counts = db.store.count_by_state().await.unwrap();
-        assert_eq!(counts.get(&DeliveryState::InFlight), Some(&(total as i64)), "[{}]", db.label);
+        assert_eq!(
+            counts.get(&DeliveryState::InFlight),
+            Some(&(total as i64)),
+            "[{}]",
+            db.label
+        );
     }
 }
 
@@ -204,20 +275,49 @@ async fn deleting_an_endpoint_cancels_waiting_deliveries_and_replay_revives_them
         endpoints(s, 1).await;
         s.ingest(&[event("e1", "t")], 1).await.unwrap();
         let d = s.event_deliveries("e1").await.unwrap().remove(0);
-        assert_eq!(s.replay(&d.id, 2).await.unwrap(), ReplayResult::NotTerminal(DeliveryState::Pending));
+        assert_eq!(
+            s.replay(&d.id, 2).await.unwrap(),
+            ReplayResult::NotTerminal(DeliveryState::Pending)
+        );
         assert!(s.delete_endpoint("ep0", 3).await.unwrap());
-        assert!(!s.delete_endpoint("ep0", 3).await.unwrap(), "[{}] second delete", db.label);
+        assert!(
+            !s.delete_endpoint("ep0", 3).await.unwrap(),
+            "[{}] second delete",
+            db.label
+        );
         assert!(s.get_endpoint("ep0").await.unwrap().is_none());
-        assert_eq!(s.get_delivery(&d.id).await.unwrap().unwrap().state, "cancelled");
+        assert_eq!(
+            s.get_delivery(&d.id).await.unwrap().unwrap().state,
+            "cancelled"
+        );
         // No new deliveries for a deleted endpoint.
         let out = s.ingest(&[event("e2", "t")], 4).await.unwrap();
         assert_eq!(out[0], IngestOutcome::Inserted(vec![]), "[{}]", db.label);
         assert_eq!(s.replay(&d.id, 5).await.unwrap(), ReplayResult::Replayed);
         let row = s.get_delivery(&d.id).await.unwrap().unwrap();
-        assert_eq!((row.state.as_str(), row.next_attempt_at), ("pending", Some(5)), "[{}]", db.label);
-        assert_eq!(s.replay("dlv_nope", 6).await.unwrap(), ReplayResult::NotFound);
-        let reasons: Vec<String> = s.transitions_for(&[d.id.clone()]).await.unwrap().into_iter().map(|t| t.reason).collect();
-        assert_eq!(reasons, ["created", "endpoint_gone", "replay"], "[{}]", db.label);
+        assert_eq!(
+            (row.state.as_str(), row.next_attempt_at),
+            ("pending", Some(5)),
+            "[{}]",
+            db.label
+        );
+        assert_eq!(
+            s.replay("dlv_nope", 6).await.unwrap(),
+            ReplayResult::NotFound
+        );
+        let reasons: Vec<String> = s
+            .transitions_for(std::slice::from_ref(&d.id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            ["created", "endpoint_gone", "replay"],
+            "[{}]",
+            db.label
+        );
     }
 }
 
@@ -225,10 +325,28 @@ async fn deleting_an_endpoint_cancels_waiting_deliveries_and_replay_revives_them
 async fn rotation_keeps_the_old_secret_for_the_grace_period() {
     for db in TestDb::all().await {
         let s = &db.store;
-        s.upsert_endpoint("ep", &spec("https://x.example/h", &[]), Some("whsec_old"), 0).await.unwrap();
-        assert!(s.rotate_secret("ep", "whsec_new", 1_000, 500).await.unwrap());
-        assert_eq!(s.signing_secrets("ep", 1_200).await.unwrap(), ["whsec_new", "whsec_old"]);
-        assert_eq!(s.signing_secrets("ep", 1_500).await.unwrap(), ["whsec_new"], "[{}]", db.label);
+        s.upsert_endpoint(
+            "ep",
+            &spec("https://x.example/h", &[]),
+            Some("whsec_old"),
+            0,
+        )
+        .await
+        .unwrap();
+        assert!(s
+            .rotate_secret("ep", "whsec_new", 1_000, 500)
+            .await
+            .unwrap());
+        assert_eq!(
+            s.signing_secrets("ep", 1_200).await.unwrap(),
+            ["whsec_new", "whsec_old"]
+        );
+        assert_eq!(
+            s.signing_secrets("ep", 1_500).await.unwrap(),
+            ["whsec_new"],
+            "[{}]",
+            db.label
+        );
         assert!(!s.rotate_secret("missing", "whsec_z", 1, 1).await.unwrap());
     }
 }
@@ -244,7 +362,12 @@ async fn listing_pages_with_a_cursor() {
         let mut all = Vec::new();
         loop {
             let page = s
-                .list_deliveries(&DeliveryFilter { state: None, endpoint_id: Some("ep1".into()), cursor: cursor.clone(), limit: 2 })
+                .list_deliveries(&DeliveryFilter {
+                    state: None,
+                    endpoint_id: Some("ep1".into()),
+                    cursor: cursor.clone(),
+                    limit: 2,
+                })
                 .await
                 .unwrap();
             if page.is_empty() {
@@ -257,7 +380,11 @@ async fn listing_pages_with_a_cursor() {
         assert!(all.iter().all(|d| d.endpoint_id == "ep1"));
         let unique: HashSet<_> = all.iter().map(|d| &d.id).collect();
         assert_eq!(unique.len(), 5);
-        assert!(all.windows(2).all(|w| w[0].id < w[1].id), "[{}] ordered by id", db.label);
+        assert!(
+            all.windows(2).all(|w| w[0].id < w[1].id),
+            "[{}] ordered by id",
+            db.label
+        );
     }
 }
 
