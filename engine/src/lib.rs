@@ -13,6 +13,11 @@
 //!   Stripe, Slack) as pure functions over exact bytes.
 //! - [`gojson`]: a byte-exact re-implementation of what the legacy Go sender
 //!   does to a payload (`encoding/json` through `interface{}`).
+//! - [`profile`]: compatibility profiles (what goes on the wire, retry
+//!   policy); [`conformance`]: the byte-exact property check against a
+//!   legacy oracle.
+//! - [`delivery`]: one HTTP attempt ([`delivery::http::Sender`]) and the
+//!   SSRF guard.
 //! - [`clock`], [`ids`]: injected time, identifiers and secrets.
 //! - [`server`]: wires the parts together; `run(config, listener, shutdown)`.
 //! - [`testing`]: helpers that start an engine on 127.0.0.1:0 for tests.
@@ -20,10 +25,13 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod conformance;
+pub mod delivery;
 pub mod gojson;
 pub mod ids;
 pub mod ingest;
 pub mod metrics;
+pub mod profile;
 pub mod server;
 pub mod signing;
 pub mod state;
