@@ -25,8 +25,46 @@ pub struct EngineConfig {
     pub secret_rotation_grace: String,
     /// Signing profile for endpoints that name none.
     pub default_profile: String,
+    /// What this process runs: `api`, `worker` or `all`.
+    pub role: String,
     /// Ingest batching (group commit).
     pub ingest: IngestConfig,
+    /// The delivery worker.
+    pub worker: WorkerSection,
+}
+
+/// The delivery worker's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Attempts in flight at once.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once for one endpoint.
+    pub per_endpoint: usize,
+    /// Claim lease, e.g. "60s"; must exceed every deadline.
+    pub lease: String,
+    /// Overrides every profile's retry schedule, e.g. "1s,2s,4s".
+    pub retry_schedule: Option<String>,
+    /// Overrides every profile's per-attempt deadline, e.g. "15s".
+    pub deadline: Option<String>,
+    /// Destination ranges allowed despite the SSRF guard, e.g. "127.0.0.0/8".
+    pub allow_cidrs: Vec<String>,
+    /// How long a graceful shutdown waits for attempts in flight.
+    pub drain_timeout: String,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            max_in_flight: 256,
+            per_endpoint: 16,
+            lease: "60s".into(),
+            retry_schedule: None,
+            deadline: None,
+            allow_cidrs: Vec::new(),
+            drain_timeout: "20s".into(),
+        }
+    }
 }
 
 /// How ingest groups requests into transactions.
@@ -50,7 +88,9 @@ impl Default for EngineConfig {
             response_body_cap_bytes: 64 * 1024,
             secret_rotation_grace: "24h".into(),
             default_profile: "standard-webhooks".into(),
+            role: "all".into(),
             ingest: IngestConfig::default(),
+            worker: WorkerSection::default(),
         }
     }
 }
@@ -141,6 +181,18 @@ impl EngineConfig {
                 "HOOKSHIFT_DEFAULT_PROFILE" => self.default_profile = value,
                 "HOOKSHIFT_INGEST_MAX_BATCH" => self.ingest.max_batch = num(&var, &value)?,
                 "HOOKSHIFT_INGEST_WRITERS" => self.ingest.writers = num(&var, &value)?,
+                "HOOKSHIFT_ROLE" => self.role = value,
+                "HOOKSHIFT_RETRY_SCHEDULE" => self.worker.retry_schedule = Some(value),
+                "HOOKSHIFT_ALLOW_CIDRS" => {
+                    self.worker.allow_cidrs = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect()
+                }
+                "HOOKSHIFT_WORKER_MAX_IN_FLIGHT" => self.worker.max_in_flight = num(&var, &value)?,
+                "HOOKSHIFT_WORKER_PER_ENDPOINT" => self.worker.per_endpoint = num(&var, &value)?,
                 _ => {}
             }
         }
@@ -213,10 +265,69 @@ impl EngineConfig {
                 "must be between 1 and 10000".to_string(),
             ));
         }
+        let (run_api, run_worker) = match self.role.as_str() {
+            "api" => (true, false),
+            "worker" => (false, true),
+            "all" => (true, true),
+            other => {
+                return Err(invalid(
+                    "role",
+                    format!("unknown role `{other}` (expected api, worker or all)"),
+                ))
+            }
+        };
+        let w = &self.worker;
+        let lease = parse_duration(&w.lease).map_err(|m| invalid("worker.lease", m))?;
+        let drain_timeout =
+            parse_duration(&w.drain_timeout).map_err(|m| invalid("worker.drain_timeout", m))?;
+        let deadline = w
+            .deadline
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|m| invalid("worker.deadline", m))?;
+        if let Some(s) = &w.retry_schedule {
+            crate::profile::by_name(&self.default_profile)
+                .and_then(|p| p.retry.with_override(s))
+                .map_err(|e| invalid("worker.retry_schedule", e.to_string()))?;
+        }
+        let allow_cidrs = w
+            .allow_cidrs
+            .iter()
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "worker.allow_cidrs",
+                            format!("`{c}` is not a CIDR like 127.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if w.max_in_flight == 0 || w.per_endpoint == 0 {
+            return Err(invalid(
+                "worker.max_in_flight",
+                "max_in_flight and per_endpoint must be at least 1".to_string(),
+            ));
+        }
         Ok(ValidConfig {
             raw: self.clone(),
             listen,
             secret_rotation_grace: grace,
+            run_api,
+            run_worker,
+            worker: crate::worker::WorkerConfig {
+                max_in_flight: w.max_in_flight,
+                per_endpoint: w.per_endpoint,
+                lease,
+                poll_interval: Duration::from_millis(200),
+                default_profile: self.default_profile.clone(),
+                retry_schedule: w.retry_schedule.clone(),
+                deadline,
+                drain_timeout,
+            },
+            allow_cidrs,
         })
     }
 }
@@ -230,6 +341,14 @@ pub struct ValidConfig {
     pub listen: SocketAddr,
     /// The parsed rotation grace period.
     pub secret_rotation_grace: Duration,
+    /// Serve the API.
+    pub run_api: bool,
+    /// Run the delivery worker.
+    pub run_worker: bool,
+    /// The worker's parsed settings.
+    pub worker: crate::worker::WorkerConfig,
+    /// Destinations the SSRF guard lets through.
+    pub allow_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Parses durations like `500ms`, `15s`, `5m`, `2h`, `1d`.

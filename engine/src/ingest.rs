@@ -45,6 +45,7 @@ impl Ingestor {
         metrics: Arc<Metrics>,
         writers: usize,
         max_batch: usize,
+        wake: Arc<tokio::sync::Notify>,
     ) -> Ingestor {
         let (tx, rx) = mpsc::channel::<Job>(max_batch * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
@@ -53,6 +54,7 @@ impl Ingestor {
             let store = store.clone();
             let clock = clock.clone();
             let metrics = metrics.clone();
+            let wake = wake.clone();
             tokio::spawn(async move {
                 let mut jobs = Vec::with_capacity(max_batch);
                 loop {
@@ -63,6 +65,8 @@ impl Ingestor {
                         }
                     }
                     write_batch(&store, clock.now_ms(), &metrics, &mut jobs).await;
+                    // New deliveries are due now: wake the worker.
+                    wake.notify_one();
                 }
             });
         }

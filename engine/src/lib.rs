@@ -19,6 +19,8 @@
 //! - [`delivery`]: one HTTP attempt ([`delivery::http::Sender`]) and the
 //!   SSRF guard.
 //! - [`clock`], [`ids`]: injected time, identifiers and secrets.
+//! - [`worker`]: claims due deliveries and runs each attempt (typed
+//!   `Reserved` → `Completed` → persisted), with backpressure and a rescuer.
 //! - [`server`]: wires the parts together; `run(config, listener, shutdown)`.
 //! - [`testing`]: helpers that start an engine on 127.0.0.1:0 for tests.
 
@@ -37,3 +39,4 @@ pub mod signing;
 pub mod state;
 pub mod store;
 pub mod testing;
+pub mod worker;

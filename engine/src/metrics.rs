@@ -59,6 +59,8 @@ pub struct Metrics {
     http_seconds: Histogram,
     /// Deliveries moved back by the lease rescuer.
     pub lease_rescues: AtomicU64,
+    attempts_by_outcome: [AtomicU64; crate::state::OutcomeClass::ALL.len()],
+    attempt_seconds: Histogram,
 }
 
 impl Metrics {
@@ -75,6 +77,16 @@ impl Metrics {
         self.ingest_batch_events
             .fetch_add(events as u64, Ordering::Relaxed);
         self.ingest_batch_seconds.observe(took);
+    }
+
+    /// One delivery attempt finished with `class` after `took`.
+    pub fn attempt_finished(&self, class: crate::state::OutcomeClass, took: Duration) {
+        let i = crate::state::OutcomeClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .expect("every class is listed");
+        self.attempts_by_outcome[i].fetch_add(1, Ordering::Relaxed);
+        self.attempt_seconds.observe(took);
     }
 
     /// One API response with `status`, taking `took`.
@@ -142,6 +154,23 @@ impl Metrics {
                 load(c)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP hookshift_attempts_total Delivery attempts by outcome class.\n\
+             # TYPE hookshift_attempts_total counter"
+        );
+        for (i, c) in crate::state::OutcomeClass::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "hookshift_attempts_total{{outcome=\"{c}\"}} {}",
+                load(&self.attempts_by_outcome[i])
+            );
+        }
+        self.attempt_seconds.render(
+            &mut out,
+            "hookshift_attempt_seconds",
+            "Time from sending a delivery to its classified outcome.",
+        );
         self.http_seconds.render(
             &mut out,
             "hookshift_http_request_seconds",

@@ -4,9 +4,11 @@
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::ValidConfig;
+use crate::delivery::http::{Sender, SenderConfig};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::store::{BackendKind, Store};
+use crate::worker::Worker;
 use anyhow::Context as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use tokio::net::TcpListener;
 /// A connected engine, ready to serve.
 pub struct Engine {
     state: Arc<AppState>,
+    worker: Option<Worker>,
 }
 
 impl Engine {
@@ -26,25 +29,52 @@ impl Engine {
             .with_context(|| {
                 format!("opening database {}", redact_url(&config.raw.database_url))
             })?;
-        Ok(Self::with_store(config, store, Arc::new(SystemClock)))
+        Self::with_store(config, store, Arc::new(SystemClock))
     }
 
     /// An engine over an already-connected store and a given clock.
-    pub fn with_store(config: ValidConfig, store: Store, clock: SharedClock) -> Engine {
+    pub fn with_store(
+        config: ValidConfig,
+        store: Store,
+        clock: SharedClock,
+    ) -> anyhow::Result<Engine> {
         let metrics = Arc::new(Metrics::default());
         let writers = match (config.raw.ingest.writers, store.kind()) {
             (0, BackendKind::Sqlite) => 1,
             (0, BackendKind::Postgres) => 4,
             (n, _) => n,
         };
+        let wake = Arc::new(tokio::sync::Notify::new());
         let ingestor = Ingestor::start(
             store.clone(),
             clock.clone(),
             metrics.clone(),
             writers,
             config.raw.ingest.max_batch,
+            wake.clone(),
         );
-        Engine {
+        let worker = if config.run_worker {
+            let sender = Sender::new(SenderConfig {
+                body_cap: config.raw.response_body_cap_bytes,
+                allow_cidrs: config.allow_cidrs.clone(),
+                ..SenderConfig::default()
+            })
+            .context("building the HTTP client")?;
+            Some(
+                Worker::new(
+                    store.clone(),
+                    sender,
+                    clock.clone(),
+                    metrics.clone(),
+                    config.worker.clone(),
+                    wake,
+                )
+                .context("starting the delivery worker")?,
+            )
+        } else {
+            None
+        };
+        Ok(Engine {
             state: Arc::new(AppState {
                 store,
                 ingestor,
@@ -52,7 +82,8 @@ impl Engine {
                 metrics,
                 config,
             }),
-        }
+            worker,
+        })
     }
 
     /// The engine's store.
@@ -68,11 +99,26 @@ impl Engine {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let store = self.state.store.clone();
+        // One signal stops both the API and the worker.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let worker = self
+            .worker
+            .map(|w| tokio::spawn(w.run(stopped(stop_rx.clone()))));
         let app = api::router(self.state);
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stopped(stop_rx))
             .await
             .context("serving the API")?;
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
         store.close().await;
         Ok(())
     }

@@ -128,7 +128,7 @@ impl TestEngine {
         .expect("valid test config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let engine = Engine::with_store(config, store, clock);
+        let engine = Engine::with_store(config, store, clock).expect("engine starts");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(engine.serve(listener, async {
             let _ = stopped.await;

@@ -79,13 +79,17 @@ impl Api {
     }
 }
 
+/// The API alone: these tests use example.com endpoints, and no delivery may
+/// leave the machine.
+fn api_only() -> EngineConfig {
+    EngineConfig {
+        role: "api".into(),
+        ..EngineConfig::default()
+    }
+}
+
 async fn start(db: &TestDb) -> TestEngine {
-    TestEngine::start(
-        db.store.clone(),
-        EngineConfig::default(),
-        Arc::new(SystemClock),
-    )
-    .await
+    TestEngine::start(db.store.clone(), api_only(), Arc::new(SystemClock)).await
 }
 
 /// Everything a reader can see of the stored state, to check that a
@@ -413,7 +417,7 @@ async fn deliveries_carry_transitions_and_replay_is_audited() {
         let clock = ManualClock::at(1_700_000_000_000);
         let engine = TestEngine::start(
             db.store.clone(),
-            EngineConfig::default(),
+            api_only(),
             Arc::new(clock.clone()) as SharedClock,
         )
         .await;
@@ -478,7 +482,7 @@ async fn tokens_guard_the_api_but_not_health() {
     let db = TestDb::sqlite().await;
     let config = EngineConfig {
         api_tokens: vec!["tok_0123456789abcdef".into()],
-        ..EngineConfig::default()
+        ..api_only()
     };
     let engine = TestEngine::start(db.store.clone(), config, Arc::new(SystemClock)).await;
     let mut api = Api::new(&engine);
@@ -524,7 +528,7 @@ async fn state_survives_an_engine_restart() {
         db.store.close().await;
 
         let store: Store = db.second_store().await;
-        let engine = TestEngine::start(store, EngineConfig::default(), Arc::new(SystemClock)).await;
+        let engine = TestEngine::start(store, api_only(), Arc::new(SystemClock)).await;
         let api = Api::new(&engine);
         let (st, event) = api.get("/v1/events/evt_keep").await;
         assert_eq!(st, StatusCode::OK, "[{}]", db.label);

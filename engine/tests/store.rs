@@ -172,25 +172,31 @@ async fn claims_lease_due_deliveries_and_rescue_expired_ones() {
             .unwrap();
         // Not yet due.
         assert!(
-            s.claim("w1", 999, 31_000, 10).await.unwrap().is_empty(),
+            s.claim("w1", 999, 31_000, 10, &[])
+                .await
+                .unwrap()
+                .is_empty(),
             "[{}]",
             db.label
         );
-        let claimed = s.claim("w1", 1_000, 31_000, 10).await.unwrap();
+        let claimed = s.claim("w1", 1_000, 31_000, 10, &[]).await.unwrap();
         assert_eq!(claimed.len(), 2, "[{}]", db.label);
         assert!(claimed
             .iter()
             .all(|c| c.attempt == 1 && c.from == DeliveryState::Pending));
         // Leased: nobody else gets them, and the rescuer leaves them alone.
         assert!(
-            s.claim("w2", 2_000, 32_000, 10).await.unwrap().is_empty(),
+            s.claim("w2", 2_000, 32_000, 10, &[])
+                .await
+                .unwrap()
+                .is_empty(),
             "[{}]",
             db.label
         );
         assert_eq!(s.rescue_expired(30_999).await.unwrap(), 0, "[{}]", db.label);
         // The lease ran out: rescued, then claimable again as attempt 2.
         assert_eq!(s.rescue_expired(31_001).await.unwrap(), 2, "[{}]", db.label);
-        let again = s.claim("w2", 31_001, 61_000, 10).await.unwrap();
+        let again = s.claim("w2", 31_001, 61_000, 10, &[]).await.unwrap();
         assert_eq!(again.len(), 2, "[{}]", db.label);
         assert!(again
             .iter()
@@ -235,7 +241,7 @@ async fn concurrent_claimers_never_share_a_lease() {
                 let owner = format!("worker-{w}");
                 let mut got = Vec::new();
                 loop {
-                    let batch = store.claim(&owner, 10, 1_000_000, 7).await.unwrap();
+                    let batch = store.claim(&owner, 10, 1_000_000, 7, &[]).await.unwrap();
                     if batch.is_empty() {
                         break;
                     }

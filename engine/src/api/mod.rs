@@ -64,9 +64,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/deliveries/{id}/replay", post(replay_delivery))
         // Auth applies to the platform API only; health and metrics are open.
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+    // A worker-only process answers health and metrics but not the API.
+    let base = if state.config.run_api {
+        Router::new().nest("/v1", v1)
+    } else {
+        Router::new()
+    };
+    base.route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async {

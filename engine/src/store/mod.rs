@@ -622,44 +622,62 @@ impl Store {
 
     /// Leases up to `limit` due deliveries to `owner` until `lease_until`,
     /// moving them to in_flight and counting the attempt, in one statement.
-    /// Two claimers never receive the same delivery while its lease holds.
+    /// Deliveries of endpoints in `skip_endpoints` (the caller's saturated
+    /// ones) are left for later. Two claimers never receive the same
+    /// delivery while its lease holds.
     pub async fn claim(
         &self,
         owner: &str,
         now: i64,
         lease_until: i64,
         limit: i64,
+        skip_endpoints: &[String],
     ) -> Result<Vec<Claimed>> {
+        let kind = self.kind();
         let rows: Vec<ClaimedRaw> = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let sql = match self.kind() {
-                BackendKind::Postgres => {
-                    "WITH due AS (SELECT id FROM deliveries \
-                       WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= $3 \
-                       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                     UPDATE deliveries d SET claimed_from = d.state, state = 'in_flight', \
-                       attempt_count = d.attempt_count + 1, lease_owner = $1, lease_expires_at = $2, \
-                       next_attempt_at = NULL, updated_at = $3 \
-                     FROM due WHERE d.id = due.id \
-                     RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claimed_from"
-                }
-                BackendKind::Sqlite => {
-                    "UPDATE deliveries SET claimed_from = state, state = 'in_flight', \
-                       attempt_count = attempt_count + 1, lease_owner = $1, lease_expires_at = $2, \
-                       next_attempt_at = NULL, updated_at = $3 \
-                     WHERE id IN (SELECT id FROM deliveries \
-                       WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= $3 \
-                       ORDER BY next_attempt_at LIMIT $4) \
-                     RETURNING id, event_id, endpoint_id, attempt_count, claimed_from"
-                }
+            let mut qb = QueryBuilder::new("");
+            let (alias, returning) = match kind {
+                BackendKind::Postgres => ("d.", " RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claimed_from"),
+                BackendKind::Sqlite => ("", " RETURNING id, event_id, endpoint_id, attempt_count, claimed_from"),
             };
-            let rows: Vec<ClaimedRaw> = sqlx::query_as(sql)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+            let push_due = |qb: &mut QueryBuilder<'_, _>| {
+                qb.push("SELECT id FROM deliveries WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= ")
+                    .push_bind(now);
+                if !skip_endpoints.is_empty() {
+                    qb.push(" AND endpoint_id NOT IN (");
+                    let mut sep = qb.separated(", ");
+                    for e in skip_endpoints {
+                        sep.push_bind(e.clone());
+                    }
+                    qb.push(")");
+                }
+                qb.push(" ORDER BY next_attempt_at LIMIT ").push_bind(limit);
+            };
+            if kind == BackendKind::Postgres {
+                qb.push("WITH due AS (");
+                push_due(&mut qb);
+                qb.push(" FOR UPDATE SKIP LOCKED) UPDATE deliveries d SET ");
+            } else {
+                qb.push("UPDATE deliveries SET ");
+            }
+            qb.push(format!(
+                "claimed_from = {alias}state, state = 'in_flight', attempt_count = {alias}attempt_count + 1, lease_owner = "
+            ))
+            .push_bind(owner)
+            .push(", lease_expires_at = ")
+            .push_bind(lease_until)
+            .push(", next_attempt_at = NULL, updated_at = ")
+            .push_bind(now);
+            if kind == BackendKind::Postgres {
+                qb.push(" FROM due WHERE d.id = due.id");
+            } else {
+                qb.push(" WHERE id IN (");
+                push_due(&mut qb);
+                qb.push(")");
+            }
+            qb.push(returning);
+            let rows: Vec<ClaimedRaw> = qb.build_query_as().fetch_all(&mut *tx).await?;
             for chunk in rows.chunks(ROWS_PER_INSERT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) ",
@@ -688,6 +706,143 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Hands back a claim whose attempt never started: the delivery returns
+    /// to the state it was claimed from and the attempt is not counted.
+    /// Returns false if `owner` no longer held the lease.
+    pub async fn release(&self, claim: &Claimed, owner: &str, now: i64) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE deliveries SET state = claimed_from, claimed_from = state, \
+                 attempt_count = attempt_count - 1, next_attempt_at = $3, lease_owner = NULL, \
+                 lease_expires_at = NULL, updated_at = $3 \
+                 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
+            )
+            .bind(&claim.id)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                insert_transition(&mut tx, &claim.id, Some(DeliveryState::InFlight), claim.from,
+                    claim.attempt - 1, None, TransitionReason::Released, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// A claimed delivery whose endpoint was deleted or disabled meanwhile:
+    /// released, then cancelled, both recorded.
+    pub async fn cancel_claimed(&self, claim: &Claimed, owner: &str, now: i64) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE deliveries SET state = 'cancelled', claimed_from = 'in_flight', \
+                 attempt_count = attempt_count - 1, next_attempt_at = NULL, lease_owner = NULL, \
+                 lease_expires_at = NULL, updated_at = $3 \
+                 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
+            )
+            .bind(&claim.id)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                insert_transition(&mut tx, &claim.id, Some(DeliveryState::InFlight), claim.from,
+                    claim.attempt - 1, None, TransitionReason::Released, now).await?;
+                insert_transition(&mut tx, &claim.id, Some(claim.from), DeliveryState::Cancelled,
+                    claim.attempt - 1, None, TransitionReason::EndpointGone, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Persists a finished attempt: the attempt row, the delivery's new state
+    /// and next due time, and the transition, in one transaction; with
+    /// `disable_endpoint`, the endpoint is disabled and its waiting
+    /// deliveries cancelled in the same transaction. The attempt row is
+    /// written even if the lease was lost meanwhile (the request did go
+    /// out); the state is moved only while `owner` still holds the lease.
+    /// Returns whether it did.
+    pub async fn record_attempt(&self, rec: &AttemptRecord) -> Result<bool> {
+        let to = rec.to;
+        debug_assert!(DeliveryState::can_transition(
+            Some(DeliveryState::InFlight),
+            to
+        ));
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE deliveries SET claimed_from = state, state = $3, next_attempt_at = $4, \
+                 last_outcome = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $6 \
+                 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
+            )
+            .bind(&rec.delivery_id)
+            .bind(&rec.owner)
+            .bind(to.as_str())
+            .bind(rec.next_attempt_at)
+            .bind(rec.outcome.as_str())
+            .bind(rec.finished_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, \
+                 response_status, response_headers, response_body, response_truncated, duration_ms, \
+                 outcome, error, started_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (delivery_id, attempt) DO NOTHING",
+            )
+            .bind(crate::ids::attempt_id())
+            .bind(&rec.delivery_id)
+            .bind(rec.attempt)
+            .bind(&rec.request_headers)
+            .bind(&rec.body_sha256)
+            .bind(rec.response_status)
+            .bind(&rec.response_headers)
+            .bind(&rec.response_body)
+            .bind(rec.response_truncated)
+            .bind(rec.duration_ms)
+            .bind(rec.outcome.as_str())
+            .bind(&rec.error)
+            .bind(rec.started_at)
+            .bind(rec.finished_at)
+            .execute(&mut *tx)
+            .await?;
+            if n > 0 {
+                insert_transition(&mut tx, &rec.delivery_id, Some(DeliveryState::InFlight), to,
+                    rec.attempt, Some(rec.outcome), TransitionReason::Attempted, rec.finished_at).await?;
+                if let Some(endpoint) = &rec.disable_endpoint {
+                    sqlx::query("UPDATE endpoints SET disabled = $2, updated_at = $3 WHERE id = $1")
+                        .bind(endpoint.as_str())
+                        .bind(true)
+                        .bind(rec.finished_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    cancel_waiting(&mut tx, endpoint, rec.finished_at).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// How many deliveries are due now and waiting for a worker.
+    pub async fn due_count(&self, now: i64) -> Result<i64> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= $1",
+            )
+            .bind(now)
+            .fetch_one(pool)
+            .await?)
+        })
     }
 
     /// Moves deliveries whose lease expired before `now` to retry_scheduled,
@@ -812,6 +967,42 @@ where
         .execute(&mut **tx)
         .await?;
     }
+    Ok(())
+}
+
+/// Appends one transition row inside `tx`.
+#[allow(clippy::too_many_arguments)]
+async fn insert_transition<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    delivery_id: &str,
+    from: Option<DeliveryState>,
+    to: DeliveryState,
+    attempt: i64,
+    outcome: Option<OutcomeClass>,
+    reason: TransitionReason,
+    at: i64,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, outcome, reason, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(delivery_id)
+    .bind(from.map(|s| s.as_str()))
+    .bind(to.as_str())
+    .bind(attempt)
+    .bind(outcome.map(|o| o.as_str()))
+    .bind(reason.as_str())
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

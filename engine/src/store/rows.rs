@@ -185,3 +185,31 @@ pub(crate) struct ClaimedRaw {
     pub attempt_count: i64,
     pub claimed_from: String,
 }
+
+/// A finished attempt, ready to persist (built by the worker from a
+/// completed attempt; see `worker::Completed`).
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    /// The worker that held the lease.
+    pub owner: String,
+    pub attempt: i64,
+    /// succeeded, retry_scheduled or failed.
+    pub to: DeliveryState,
+    /// When the next attempt is due (retry_scheduled only).
+    pub next_attempt_at: Option<i64>,
+    pub outcome: crate::state::OutcomeClass,
+    /// JSON `[[name, value], ...]` as sent.
+    pub request_headers: String,
+    pub body_sha256: String,
+    pub response_status: Option<i64>,
+    pub response_headers: Option<String>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_truncated: bool,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// Disable this endpoint in the same transaction (410 Gone).
+    pub disable_endpoint: Option<String>,
+}

@@ -1,0 +1,563 @@
+//! The delivery worker: claims due deliveries and runs each attempt as a
+//! pipeline of named stages.
+//!
+//! For one attempt: reserve (the claim's lease) → prepare (load the event,
+//! endpoint and secrets; render and sign the exact body bytes) → send with a
+//! deadline and read the body to its end or the cap ([`Sender::send`]) →
+//! decide (success, retry at a time, or fail) → persist the attempt, the
+//! transition and the next schedule in one transaction → metrics.
+//!
+//! The types carry the rules: a [`Reserved`] attempt is consumed by
+//! [`Reserved::finish`] into a [`Completed`] one; only a `Completed` attempt
+//! becomes an [`AttemptRecord`] (through [`Completed::decide`]), and only
+//! `decide` can schedule a retry, which it does only for retryable outcomes.
+//!
+//! Backpressure: a global semaphore caps attempts in flight and a
+//! per-endpoint count keeps one slow endpoint from taking every slot;
+//! claiming skips saturated endpoints and stops when no slot is free, so
+//! nothing queues in memory. Leases outlive the deadline, so a live attempt
+//! is never rescued; a crashed worker's leases expire and the rescuer
+//! reschedules them (at-least-once).
+
+use crate::clock::SharedClock;
+use crate::delivery::http::{Exchange, OutboundRequest, Outcome, Sender};
+use crate::metrics::Metrics;
+use crate::profile::{self, HeaderCase, Message, Profile};
+use crate::state::{DeliveryState, OutcomeClass};
+use crate::store::{AttemptRecord, Claimed, Store, StoreError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Attempts in flight at once, across endpoints.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once for one endpoint.
+    pub per_endpoint: usize,
+    /// How long a claim is leased; must exceed every profile's deadline.
+    pub lease: Duration,
+    /// How often to look for due deliveries when not woken by ingest.
+    pub poll_interval: Duration,
+    /// Signing profile for endpoints that name none.
+    pub default_profile: String,
+    /// Overrides every profile's retry schedule (e.g. "1s,2s,4s").
+    pub retry_schedule: Option<String>,
+    /// Overrides every profile's deadline.
+    pub deadline: Option<Duration>,
+    /// How long a graceful shutdown waits for attempts in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_in_flight: 256,
+            per_endpoint: 16,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(200),
+            default_profile: "standard-webhooks".into(),
+            retry_schedule: None,
+            deadline: None,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A profile name or retry schedule is wrong.
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    /// The lease must outlast the longest deadline, or a live attempt could
+    /// be rescued and sent twice.
+    #[error(
+        "the lease ({lease:?}) must be longer than the longest delivery deadline ({deadline:?})"
+    )]
+    LeaseTooShort { lease: Duration, deadline: Duration },
+}
+
+/// An attempt this worker holds the lease for and has not sent yet.
+#[derive(Debug)]
+pub struct Reserved {
+    claim: Claimed,
+    started_at: i64,
+}
+
+impl Reserved {
+    /// The claim behind this attempt.
+    pub fn claim(&self) -> &Claimed {
+        &self.claim
+    }
+
+    /// Consumes the reservation with what the exchange produced.
+    pub fn finish(self, sent: Sent, exchange: Exchange, finished_at: i64) -> Completed {
+        Completed {
+            claim: self.claim,
+            started_at: self.started_at,
+            finished_at,
+            sent,
+            exchange,
+        }
+    }
+}
+
+/// What went out on the wire (kept for the attempt row).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Headers as sent, in order.
+    pub headers: Vec<(String, String)>,
+    /// SHA-256 of the body bytes, hex.
+    pub body_sha256: String,
+}
+
+/// An attempt whose outcome is known; only this can be persisted.
+#[derive(Debug)]
+pub struct Completed {
+    claim: Claimed,
+    started_at: i64,
+    finished_at: i64,
+    sent: Sent,
+    exchange: Exchange,
+}
+
+impl Completed {
+    /// The exchange's outcome.
+    pub fn outcome(&self) -> &Outcome {
+        &self.exchange.outcome
+    }
+
+    /// Decides what happens next and builds the record to persist. A retry
+    /// is scheduled only for a retryable outcome with attempts left, never
+    /// sooner than the policy's delay, and for a 429 never sooner than its
+    /// Retry-After (clamped) when the profile honours it.
+    pub fn decide(
+        self,
+        owner: &str,
+        retry: &profile::RetryPolicy,
+        rng: &mut impl rand::Rng,
+    ) -> AttemptRecord {
+        let outcome = &self.exchange.outcome;
+        let class = outcome.class();
+        let next_attempt = (self.claim.attempt + 1) as u32;
+        let (to, next_at) = if class == OutcomeClass::Delivered {
+            (DeliveryState::Succeeded, None)
+        } else if class.is_retryable() {
+            match retry.delay(next_attempt, rng) {
+                None => (DeliveryState::Failed, None),
+                Some(mut delay) => {
+                    if let Outcome::RateLimited {
+                        retry_after: Some(ra),
+                    } = outcome
+                    {
+                        if retry.honor_retry_after {
+                            delay = delay.max((*ra).min(retry.retry_after_cap));
+                        }
+                    }
+                    (
+                        DeliveryState::RetryScheduled,
+                        Some(self.finished_at + delay.as_millis() as i64),
+                    )
+                }
+            }
+        } else {
+            (DeliveryState::Failed, None)
+        };
+        let disable_endpoint = (*outcome == Outcome::ClientError { status: 410 })
+            .then(|| self.claim.endpoint_id.clone());
+        AttemptRecord {
+            delivery_id: self.claim.id,
+            owner: owner.to_string(),
+            attempt: self.claim.attempt,
+            to,
+            next_attempt_at: next_at,
+            outcome: class,
+            request_headers: serde_json::to_string(&self.sent.headers).expect("headers serialize"),
+            body_sha256: self.sent.body_sha256,
+            response_status: self.exchange.status.map(i64::from),
+            response_headers: self.exchange.status.map(|_| {
+                serde_json::to_string(&self.exchange.response_headers).expect("headers serialize")
+            }),
+            response_body: self.exchange.status.map(|_| self.exchange.response_body),
+            response_truncated: self.exchange.truncated,
+            duration_ms: self.exchange.duration.as_millis() as i64,
+            error: self.exchange.error,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            disable_endpoint,
+        }
+    }
+}
+
+/// Why an attempt could not be prepared.
+enum Prepare {
+    /// Ready to send.
+    Ready(OutboundRequest, Sent, Profile),
+    /// The endpoint was deleted or disabled after the claim.
+    EndpointGone,
+    /// The message cannot be rendered (a payload the profile cannot encode,
+    /// a secret it cannot use): retrying will not help.
+    Unrenderable(String, Profile),
+}
+
+/// The worker's shared parts.
+struct Inner {
+    store: Store,
+    sender: Sender,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    cfg: WorkerConfig,
+    owner: String,
+    slots: Arc<Semaphore>,
+    per_endpoint: Mutex<HashMap<String, usize>>,
+    profiles: HashMap<String, Profile>,
+}
+
+/// Claims and delivers until shut down.
+pub struct Worker {
+    inner: Arc<Inner>,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// A worker over `store`, sending with `sender`. `wake` is notified by
+    /// ingest when new deliveries exist.
+    pub fn new(
+        store: Store,
+        sender: Sender,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        cfg: WorkerConfig,
+        wake: Arc<Notify>,
+    ) -> Result<Worker, WorkerError> {
+        let mut profiles = HashMap::new();
+        let mut longest = Duration::ZERO;
+        for name in profile::NAMES {
+            let mut p = profile::by_name(name)?;
+            if let Some(s) = &cfg.retry_schedule {
+                p.retry = p.retry.with_override(s)?;
+            }
+            if let Some(d) = cfg.deadline {
+                p.timeout = d;
+            }
+            longest = longest.max(p.timeout);
+            profiles.insert(name.to_string(), p);
+        }
+        profile::by_name(&cfg.default_profile)?;
+        if cfg.lease <= longest {
+            return Err(WorkerError::LeaseTooShort {
+                lease: cfg.lease,
+                deadline: longest,
+            });
+        }
+        let owner = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                store,
+                sender,
+                clock,
+                metrics,
+                slots: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+                per_endpoint: Mutex::new(HashMap::new()),
+                owner,
+                profiles,
+                cfg,
+            }),
+            wake,
+        })
+    }
+
+    /// This worker's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Runs until `shutdown` resolves, then stops claiming, waits up to the
+    /// drain timeout for attempts in flight, and leaves any still running to
+    /// their leases (they are retried after the lease expires).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let inner = self.inner;
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let rescuer = tokio::spawn(rescue_loop(inner.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            // Reap finished attempts so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+            let free = inner.slots.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                claim_batch(&inner, free).await
+            };
+            let got_any = !claimed.is_empty();
+            for (reserved, permit) in claimed {
+                let inner = inner.clone();
+                tasks.spawn(async move {
+                    let endpoint = reserved.claim.endpoint_id.clone();
+                    attempt(&inner, reserved).await;
+                    inner.done_with(&endpoint);
+                    drop(permit);
+                });
+            }
+            if got_any && inner.slots.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(inner.cfg.poll_interval) => {}
+                // A slot freed up: look again for work.
+                _ = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        rescuer.abort();
+        let drain = tokio::time::timeout(inner.cfg.drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if drain.await.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "drain timeout: attempts still in flight are left to their leases"
+            );
+            tasks.abort_all();
+        }
+    }
+}
+
+impl Inner {
+    fn done_with(&self, endpoint: &str) {
+        let mut map = self.per_endpoint.lock().expect("per-endpoint map");
+        if let Some(n) = map.get_mut(endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(endpoint);
+            }
+        }
+    }
+}
+
+/// Claims up to `free` deliveries, skipping saturated endpoints; hands back
+/// any that would push an endpoint over its cap.
+async fn claim_batch(
+    inner: &Arc<Inner>,
+    free: usize,
+) -> Vec<(Reserved, tokio::sync::OwnedSemaphorePermit)> {
+    let saturated: Vec<String> = {
+        let map = inner.per_endpoint.lock().expect("per-endpoint map");
+        map.iter()
+            .filter(|(_, n)| **n >= inner.cfg.per_endpoint)
+            .map(|(e, _)| e.clone())
+            .collect()
+    };
+    let now = inner.clock.now_ms();
+    let lease_until = now + inner.cfg.lease.as_millis() as i64;
+    let limit = free.min(256) as i64;
+    let claims = match inner
+        .store
+        .claim(&inner.owner, now, lease_until, limit, &saturated)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "claim failed");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let over_cap = {
+            let mut map = inner.per_endpoint.lock().expect("per-endpoint map");
+            let n = map.entry(claim.endpoint_id.clone()).or_default();
+            if *n >= inner.cfg.per_endpoint {
+                true
+            } else {
+                *n += 1;
+                false
+            }
+        };
+        let permit = if over_cap {
+            None
+        } else {
+            inner.slots.clone().try_acquire_owned().ok()
+        };
+        match permit {
+            Some(permit) => out.push((
+                Reserved {
+                    claim,
+                    started_at: now,
+                },
+                permit,
+            )),
+            None => {
+                if !over_cap {
+                    inner.done_with(&claim.endpoint_id);
+                }
+                if let Err(e) = inner
+                    .store
+                    .release(&claim, &inner.owner, inner.clock.now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs one attempt from reservation to persisted outcome.
+#[tracing::instrument(skip_all, fields(delivery = %reserved.claim.id, event = %reserved.claim.event_id, endpoint = %reserved.claim.endpoint_id, attempt = reserved.claim.attempt))]
+async fn attempt(inner: &Inner, reserved: Reserved) {
+    let (request, sent, profile) = match prepare(inner, &reserved).await {
+        Ok(Prepare::Ready(req, sent, profile)) => (req, sent, profile),
+        Ok(Prepare::EndpointGone) => {
+            if let Err(e) = inner
+                .store
+                .cancel_claimed(&reserved.claim, &inner.owner, inner.clock.now_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "could not cancel; the lease will expire");
+            }
+            return;
+        }
+        Ok(Prepare::Unrenderable(why, profile)) => {
+            let exchange = Exchange {
+                outcome: Outcome::Internal,
+                status: None,
+                response_headers: Vec::new(),
+                response_body: Vec::new(),
+                truncated: false,
+                duration: Duration::ZERO,
+                error: Some(why),
+            };
+            let sent = Sent {
+                headers: Vec::new(),
+                body_sha256: String::new(),
+            };
+            let completed = reserved.finish(sent, exchange, inner.clock.now_ms());
+            let mut record =
+                completed.decide(&inner.owner, &profile.retry, &mut rand::thread_rng());
+            // Rendering fails the same way every time: no retry.
+            record.to = DeliveryState::Failed;
+            record.next_attempt_at = None;
+            persist(inner, &record).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not prepare the attempt; the lease will expire");
+            return;
+        }
+    };
+    let exchange = inner.sender.send(request).await;
+    inner
+        .metrics
+        .attempt_finished(exchange.outcome.class(), exchange.duration);
+    let completed = reserved.finish(sent, exchange, inner.clock.now_ms());
+    let record = completed.decide(&inner.owner, &profile.retry, &mut rand::thread_rng());
+    persist(inner, &record).await;
+}
+
+async fn persist(inner: &Inner, record: &AttemptRecord) {
+    // The exchange happened; losing its record would hide it, so a
+    // transient store failure is retried a few times.
+    for attempt in 0..5 {
+        match inner.store.record_attempt(record).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(
+                    "lease lost before the outcome was recorded; the delivery was rescued"
+                );
+                return;
+            }
+            Err(e) if e.is_retryable() && attempt < 4 => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
+                return;
+            }
+        }
+    }
+}
+
+/// Loads what the attempt needs and renders the exact request.
+async fn prepare(inner: &Inner, reserved: &Reserved) -> Result<Prepare, StoreError> {
+    let claim = &reserved.claim;
+    let Some(endpoint) = inner.store.get_endpoint(&claim.endpoint_id).await? else {
+        return Ok(Prepare::EndpointGone);
+    };
+    if endpoint.disabled {
+        return Ok(Prepare::EndpointGone);
+    }
+    let Some(event) = inner.store.get_event(&claim.event_id).await? else {
+        return Err(StoreError::Corrupt(format!(
+            "delivery {} has no event {}",
+            claim.id, claim.event_id
+        )));
+    };
+    let secrets = inner
+        .store
+        .signing_secrets(&endpoint.id, inner.clock.now_ms())
+        .await?;
+    let name = endpoint
+        .profile
+        .as_deref()
+        .unwrap_or(&inner.cfg.default_profile);
+    let profile = inner
+        .profiles
+        .get(name)
+        .or_else(|| inner.profiles.get(&inner.cfg.default_profile))
+        .cloned()
+        .expect("default profile validated at start");
+    let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let msg = Message {
+        event_id: &event.id,
+        delivery_id: Some(&claim.id),
+        event_type: &event.event_type,
+        timestamp: inner.clock.now_ms() / 1000,
+        payload: &event.payload_raw,
+    };
+    let rendered = match profile.render(&secret_refs, &msg) {
+        Ok(r) => r,
+        Err(e) => return Ok(Prepare::Unrenderable(e.to_string(), profile)),
+    };
+    let headers = profile.wire_headers(&rendered);
+    let sent = Sent {
+        headers: headers.clone(),
+        body_sha256: hex::encode(Sha256::digest(&rendered.body)),
+    };
+    let request = OutboundRequest {
+        url: endpoint.url,
+        headers,
+        body: rendered.body.into(),
+        deadline: profile.timeout,
+        follow_redirects: profile.follow_redirects,
+        title_case_headers: profile.header_case != HeaderCase::Lower,
+    };
+    Ok(Prepare::Ready(request, sent, profile))
+}
+
+/// Reschedules deliveries whose lease expired (their worker died).
+async fn rescue_loop(inner: Arc<Inner>) {
+    let every = (inner.cfg.lease / 4).max(Duration::from_millis(100));
+    loop {
+        match inner.store.rescue_expired(inner.clock.now_ms()).await {
+            Ok(n) if n > 0 => {
+                inner
+                    .metrics
+                    .lease_rescues
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(rescued = n, "rescued deliveries with expired leases");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rescue failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,461 @@
+//! End-to-end delivery tests: an engine with its worker delivers to scripted
+//! receivers on 127.0.0.1:0, and the stored states, attempts and
+//! transitions are checked.
+
+use engine::clock::{ManualClock, SharedClock, SystemClock};
+use engine::config::{EngineConfig, WorkerSection};
+use engine::store::Store;
+use engine::testing::{TestDb, TestEngine};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the receiver does with the n-th request (the last entry repeats).
+#[derive(Clone, Debug)]
+enum Reply {
+    Status(u16),
+    WithHeaders(u16, Vec<(&'static str, String)>),
+    /// 200 with Content-Length 100, 10 bytes, then silence.
+    StallBody,
+    /// Close the connection without answering.
+    Reset,
+}
+
+#[derive(Clone, Debug)]
+struct Hit {
+    head: String,
+    body: Vec<u8>,
+}
+
+struct Receiver {
+    url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Receiver {
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+async fn receiver(script: Vec<Reply>) -> Receiver {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            let script = script.clone();
+            tokio::spawn(async move {
+                let _ = serve_one(sock, &h, &script).await;
+            });
+        }
+    });
+    Receiver { url, hits }
+}
+
+async fn serve_one(
+    mut sock: TcpStream,
+    hits: &Mutex<Vec<Hit>>,
+    script: &[Reply],
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..].to_vec();
+    let n = {
+        let mut hits = hits.lock().unwrap();
+        hits.push(Hit { head, body });
+        hits.len()
+    };
+    let reply = script[(n - 1).min(script.len() - 1)].clone();
+    let respond = |status: u16, extra: &[(&str, String)]| {
+        let mut r = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n");
+        for (k, v) in extra {
+            r.push_str(&format!("{k}: {v}\r\n"));
+        }
+        r.push_str("\r\nok");
+        r
+    };
+    match reply {
+        Reply::Status(s) => sock.write_all(respond(s, &[]).as_bytes()).await?,
+        Reply::WithHeaders(s, h) => sock.write_all(respond(s, &h).as_bytes()).await?,
+        Reply::StallBody => {
+            sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                .await?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Reply::Reset => {
+            sock.set_zero_linger()?;
+            drop(sock);
+        }
+    }
+    Ok(())
+}
+
+fn config(allow_loopback: bool) -> EngineConfig {
+    EngineConfig {
+        worker: WorkerSection {
+            allow_cidrs: if allow_loopback {
+                vec!["127.0.0.0/8".into()]
+            } else {
+                vec![]
+            },
+            retry_schedule: Some("20ms,20ms,20ms".into()),
+            deadline: Some("400ms".into()),
+            lease: "5s".into(),
+            ..WorkerSection::default()
+        },
+        ..EngineConfig::default()
+    }
+}
+
+struct Setup {
+    engine: TestEngine,
+    http: reqwest::Client,
+}
+
+impl Setup {
+    async fn new(store: Store, cfg: EngineConfig, clock: SharedClock) -> Setup {
+        let engine = TestEngine::start(store.clone(), cfg, clock).await;
+        Setup {
+            engine,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn endpoint(&self, id: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .put(format!("{}/v1/endpoints/{id}", self.engine.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "upsert: {}",
+            r.text().await.unwrap()
+        );
+        r.json().await.unwrap()
+    }
+
+    /// Posts an event and returns its (single) delivery id.
+    async fn event(&self, id: &str, payload: Value) -> String {
+        let r = self
+            .http
+            .post(format!("{}/v1/events", self.engine.base))
+            .json(&json!({"id": id, "type": "order.created", "payload": payload}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        v["deliveries"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn delivery(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/deliveries/{id}", self.engine.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the delivery is in `state` (or panics with its history).
+    async fn wait_for(&self, id: &str, states: &[&str]) -> Value {
+        for _ in 0..300 {
+            let d = self.delivery(id).await;
+            if states.contains(&d["state"].as_str().unwrap()) {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "delivery never reached {states:?}: {:#}",
+            self.delivery(id).await
+        );
+    }
+}
+
+fn outcomes(d: &Value) -> Vec<String> {
+    d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn success_after_one_attempt_on_every_backend() {
+    for db in TestDb::all().await {
+        let rx = receiver(vec![Reply::Status(200)]).await;
+        let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+        s.endpoint("ep", json!({"url": rx.url})).await;
+        let id = s.event("evt_ok", json!({"a": 1})).await;
+        let d = s.wait_for(&id, &["succeeded"]).await;
+        assert_eq!(outcomes(&d), ["delivered"], "[{}]", db.label);
+        assert_eq!(rx.hits().len(), 1);
+        let to: Vec<&str> = d["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["to"].as_str().unwrap())
+            .collect();
+        assert_eq!(to, ["pending", "in_flight", "succeeded"], "[{}]", db.label);
+        assert_eq!(
+            rx.hits()[0].body,
+            br#"{"a":1}"#,
+            "the exact bytes received at ingest"
+        );
+        s.engine.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_success() {
+    let db = TestDb::sqlite().await;
+    let rx = receiver(vec![
+        Reply::Status(500),
+        Reply::Status(500),
+        Reply::Status(200),
+    ])
+    .await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_retry", json!({})).await;
+    let d = s.wait_for(&id, &["succeeded"]).await;
+    assert_eq!(outcomes(&d), ["server_error", "server_error", "delivered"]);
+    assert_eq!(rx.hits().len(), 3);
+    // Stable ids across retries so receivers can deduplicate.
+    let ids: Vec<String> = rx
+        .hits()
+        .iter()
+        .map(|h| {
+            h.head
+                .lines()
+                .find(|l| l.starts_with("webhook-id:"))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|i| i == "webhook-id: evt_retry"), "{ids:?}");
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_errors_fail_after_one_attempt_and_410_disables_the_endpoint() {
+    let db = TestDb::sqlite().await;
+    let rx401 = receiver(vec![Reply::Status(401)]).await;
+    let rx410 = receiver(vec![Reply::Status(410)]).await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx401.url})).await;
+    let id = s.event("evt_401", json!({})).await;
+    let d = s.wait_for(&id, &["failed"]).await;
+    assert_eq!(outcomes(&d), ["client_error"]);
+    assert_eq!(rx401.hits().len(), 1);
+
+    s.endpoint("ep", json!({"url": rx410.url})).await;
+    let id = s.event("evt_410", json!({})).await;
+    s.wait_for(&id, &["failed"]).await;
+    let ep: Value = s
+        .http
+        .get(format!("{}/v1/endpoints/ep", s.engine.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ep["disabled"], true, "410 Gone disables the endpoint: {ep}");
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let db = TestDb::sqlite().await;
+    let clock = ManualClock::at(1_700_000_000_000);
+    let rx = receiver(vec![
+        Reply::WithHeaders(429, vec![("Retry-After", "2".into())]),
+        Reply::Status(200),
+    ])
+    .await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(clock.clone())).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_429", json!({})).await;
+    let d = s.wait_for(&id, &["retry_scheduled"]).await;
+    let finished = d["attempts"][0]["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d["next_attempt_at"], "2023-11-14T22:13:22.000Z",
+        "2 s after {finished}, not the 20 ms schedule"
+    );
+    // Not due yet: nothing is sent before the clock reaches it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.hits().len(), 1);
+    clock.advance(2_000);
+    let d = s.wait_for(&id, &["succeeded"]).await;
+    assert_eq!(outcomes(&d), ["rate_limited", "delivered"]);
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_never_success() {
+    let db = TestDb::sqlite().await;
+    let rx = receiver(vec![Reply::StallBody, Reply::StallBody, Reply::Status(200)]).await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_stall", json!({})).await;
+    let d = s.wait_for(&id, &["succeeded", "failed"]).await;
+    assert_eq!(outcomes(&d), ["body_read", "body_read", "delivered"]);
+    assert_eq!(
+        d["attempts"][0]["response_status"], 200,
+        "the status line did arrive"
+    );
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn resets_are_retried_and_exhaustion_fails() {
+    let db = TestDb::sqlite().await;
+    let rx = receiver(vec![Reply::Reset]).await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_reset", json!({})).await;
+    let d = s.wait_for(&id, &["failed"]).await;
+    assert_eq!(
+        outcomes(&d),
+        ["reset", "reset", "reset", "reset"],
+        "1 + 3 scheduled retries"
+    );
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirects_fail_by_default_and_are_followed_under_the_legacy_profile() {
+    let db = TestDb::sqlite().await;
+    let target = receiver(vec![Reply::Status(200)]).await;
+    let rx = receiver(vec![Reply::WithHeaders(
+        307,
+        vec![("Location", target.url.clone())],
+    )])
+    .await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_307", json!({})).await;
+    let d = s.wait_for(&id, &["failed"]).await;
+    assert_eq!(outcomes(&d), ["redirect"]);
+    assert!(target.hits().is_empty());
+
+    s.endpoint(
+        "ep",
+        json!({"url": rx.url, "profile": "legacy", "secret": "legacy-secret-1"}),
+    )
+    .await;
+    let id = s.event("evt_307b", json!({"z": "<&>", "a": 1})).await;
+    s.wait_for(&id, &["succeeded"]).await;
+    let hit = &target.hits()[0];
+    assert_eq!(
+        hit.body, br#"{"a":1,"z":"\u003c\u0026\u003e"}"#,
+        "Go's encoding"
+    );
+    assert!(
+        hit.head.contains("X-Event-Id: evt_307b"),
+        "Go's header case: {}",
+        hit.head
+    );
+    assert!(
+        hit.head.contains("User-Agent: Go-http-client/1.1"),
+        "{}",
+        hit.head
+    );
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn private_destinations_are_blocked_without_a_connection() {
+    let db = TestDb::sqlite().await;
+    let rx = receiver(vec![Reply::Status(200)]).await;
+    // Loopback is not allowed here, so the guard must refuse it.
+    let s = Setup::new(db.store.clone(), config(false), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_ssrf", json!({})).await;
+    let d = s.wait_for(&id, &["failed"]).await;
+    assert_eq!(outcomes(&d), ["blocked_destination"]);
+    assert!(rx.hits().is_empty(), "no connection was made");
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_official_standard_webhooks_library_accepts_every_delivery() {
+    let db = TestDb::sqlite().await;
+    let rx = receiver(vec![Reply::Status(204)]).await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    let ep = s.endpoint("ep", json!({"url": rx.url})).await;
+    let secret = ep["secret"].as_str().unwrap().to_string();
+    let payloads = [
+        json!({"a": 1}),
+        json!([1, 2.5, "x"]),
+        json!("<script>&\u{2028}"),
+        json!({"nested": {"deep": [null, true]}}),
+    ];
+    let mut ids = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        ids.push(s.event(&format!("evt_sw_{i}"), p.clone()).await);
+    }
+    for id in &ids {
+        s.wait_for(id, &["succeeded"]).await;
+    }
+    let wh = standardwebhooks::Webhook::new(&secret).unwrap();
+    assert_eq!(rx.hits().len(), payloads.len());
+    for hit in rx.hits() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in hit.head.lines().skip(1).filter(|l| !l.is_empty()) {
+            let (k, v) = line.split_once(':').unwrap();
+            headers.append(
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+                v.trim().parse().unwrap(),
+            );
+        }
+        wh.verify(&hit.body, &headers)
+            .unwrap_or_else(|e| panic!("rejected: {e:?}\n{}", hit.head));
+    }
+    s.engine.shutdown().await;
+}
