@@ -23,6 +23,51 @@ enum Command {
         #[command(subcommand)]
         command: EngineCommand,
     },
+    /// Print the headers a profile would send for a JSON payload read on stdin.
+    Sign(SignArgs),
+    /// Check, on generated payloads, that a profile's bytes equal a legacy oracle's.
+    Conformance(ConformanceArgs),
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    /// Profile: standard-webhooks, legacy, github or stripe.
+    #[arg(long, default_value = "standard-webhooks")]
+    profile: String,
+    /// Signing secret (repeat for rotation: the first is current).
+    #[arg(long, required = true)]
+    secret: Vec<String>,
+    /// Event id.
+    #[arg(long)]
+    id: String,
+    /// Unix seconds.
+    #[arg(long)]
+    timestamp: i64,
+    /// Delivery id, for profiles that send one.
+    #[arg(long)]
+    delivery_id: Option<String>,
+    /// Event type, for profiles that send one.
+    #[arg(long, default_value = "")]
+    event_type: String,
+    /// Write the exact body bytes here.
+    #[arg(long)]
+    body_out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ConformanceArgs {
+    /// Command that starts the oracle (run with sh -c), speaking JSON lines.
+    #[arg(long)]
+    oracle: String,
+    /// Profile under test.
+    #[arg(long, default_value = "legacy")]
+    profile: String,
+    /// Cases to run.
+    #[arg(long, default_value_t = 2000)]
+    cases: u32,
+    /// RNG seed (printed when not given, so a failure can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +87,15 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long)]
     listen: Option<String>,
+    /// api, worker or all [default: all]
+    #[arg(long)]
+    role: Option<String>,
+    /// Override every profile's retry schedule, e.g. 1s,2s,4s.
+    #[arg(long)]
+    retry_schedule: Option<String>,
+    /// Allow deliveries to this range despite the SSRF guard (repeatable), e.g. 127.0.0.0/8.
+    #[arg(long = "allow-cidr")]
+    allow_cidr: Vec<String>,
 }
 
 #[tokio::main]
@@ -75,12 +129,86 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = args.listen {
                 cfg.listen = listen;
             }
+            if let Some(role) = args.role {
+                cfg.role = role;
+            }
+            if let Some(schedule) = args.retry_schedule {
+                cfg.worker.retry_schedule = Some(schedule);
+            }
+            if !args.allow_cidr.is_empty() {
+                cfg.worker.allow_cidrs = args.allow_cidr;
+            }
             let cfg = cfg.validate()?;
             engine::server::run(cfg, shutdown_signal())
                 .await
                 .context("engine stopped")
         }
+        Command::Sign(args) => sign(args),
+        Command::Conformance(args) => conformance(args),
     }
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let profile = engine::profile::by_name(&args.profile)?;
+    let mut payload = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut payload)
+        .context("reading the payload from stdin")?;
+    let trimmed = payload.trim_ascii();
+    serde_json::from_slice::<serde_json::Value>(trimmed).context("stdin is not a JSON payload")?;
+    let secrets: Vec<&str> = args.secret.iter().map(String::as_str).collect();
+    let rendered = profile.render(
+        &secrets,
+        &engine::profile::Message {
+            event_id: &args.id,
+            delivery_id: args.delivery_id.as_deref(),
+            event_type: &args.event_type,
+            timestamp: args.timestamp,
+            payload: trimmed,
+        },
+    )?;
+    for (name, value) in profile.wire_headers(&rendered) {
+        println!("{name}: {value}");
+    }
+    if let Some(path) = args.body_out {
+        std::fs::write(&path, &rendered.body)
+            .with_context(|| format!("writing the body to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn conformance(args: ConformanceArgs) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(rand_seed);
+    eprintln!(
+        "conformance: profile {}, {} cases, seed {seed}, oracle `{}`",
+        args.profile, args.cases, args.oracle
+    );
+    let mut opts = engine::conformance::ConformanceOptions::new(args.oracle, args.cases);
+    opts.profile = args.profile;
+    opts.seed = Some(seed);
+    let mut last = std::time::Instant::now();
+    let report = engine::conformance::run(&opts, |done, total| {
+        if last.elapsed() >= std::time::Duration::from_secs(1) || done == total {
+            eprint!("\r  {done}/{total} cases");
+            last = std::time::Instant::now();
+        }
+    });
+    eprintln!();
+    match report {
+        Ok(r) => {
+            println!("{r}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}
+
+fn rand_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
 }
 
 /// Resolves on SIGINT or SIGTERM.
