@@ -225,6 +225,17 @@ async fn events_are_idempotent_by_id_and_key() {
             StatusCode::CONFLICT
         );
 
+        // A new id that reuses another event's key is a conflict on the key.
+        let r = api
+            .req(reqwest::Method::POST, "/v1/events")
+            .header("Idempotency-Key", "k-1")
+            .json(&json!({"id": "evt_other", "type": "t", "payload": [1]}));
+        let (st, p) = api.send(r).await;
+        assert_eq!(st, StatusCode::CONFLICT, "[{}] {p}", db.label);
+        assert!(
+            p["detail"].as_str().unwrap().contains("Idempotency-Key"),
+            "{p}"
+        );
         let (_, deliveries) = api.get("/v1/deliveries?limit=500").await;
         assert_eq!(
             deliveries["data"].as_array().unwrap().len(),

@@ -515,17 +515,16 @@ async fn post_event(State(s): Shared, headers: HeaderMap, body: Body) -> ApiResu
     };
     let request_hash = hex::encode(Sha256::digest(&body));
 
-    // A reused id or key: the same request gets the original answer, a
-    // different one is a conflict. Checked before and, for races, after.
-    if let Some(resp) = existing_event(
-        &s,
-        input.id.as_deref(),
-        idempotency_key.as_deref(),
-        &request_hash,
-    )
-    .await?
-    {
-        return Ok(resp);
+    // A reused id or key is found by the insert itself (ON CONFLICT): only
+    // then is the stored event read, to answer with the original response
+    // (same request) or 409 (different request). A request with only an
+    // Idempotency-Key is checked first, since its id is generated here.
+    if input.id.is_none() {
+        if let Some(resp) =
+            existing_event(&s, None, idempotency_key.as_deref(), &request_hash).await?
+        {
+            return Ok(resp);
+        }
     }
     let parsed: serde_json::Value =
         serde_json::from_str(raw).map_err(|e| Problem::invalid("payload", e.to_string()))?;
@@ -566,18 +565,24 @@ async fn existing_event(
     key: Option<&str>,
     request_hash: &str,
 ) -> Result<Option<Response>, Problem> {
-    let found = match (id, key) {
-        (Some(id), _) => s.store.get_event(id).await?,
-        (None, Some(key)) => s.store.get_event_by_idempotency_key(key).await?,
-        (None, None) => None,
+    // By id first; a conflict on the key alone means another event owns it.
+    let by_id = match id {
+        Some(id) => s.store.get_event(id).await?,
+        None => None,
     };
-    let Some(event) = found else {
-        return Ok(None);
+    let (event, via_key) = match (by_id, key) {
+        (Some(e), _) => (e, false),
+        (None, Some(key)) => match s.store.get_event_by_idempotency_key(key).await? {
+            Some(e) => (e, true),
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
     };
     if event.request_hash != request_hash {
-        let what = match id {
-            Some(id) => format!("event `{id}` already exists with a different body"),
-            None => "this Idempotency-Key was already used with a different body".to_string(),
+        let what = if via_key {
+            "this Idempotency-Key was already used with a different body".to_string()
+        } else {
+            format!("event `{}` already exists with a different body", event.id)
         };
         return Err(Problem::conflict(what));
     }
