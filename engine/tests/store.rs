@@ -404,3 +404,69 @@ async fn sqlite_data_survives_reopening() {
     assert!(reopened.get_event("e1").await.unwrap().is_some());
     assert_eq!(reopened.event_deliveries("e1").await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn released_and_cancelled_claims_are_recorded() {
+    for db in TestDb::all().await {
+        let s = &db.store;
+        endpoints(s, 1).await;
+        s.ingest(&[event("e1", "t"), event("e2", "t")], 1)
+            .await
+            .unwrap();
+        let claimed = s.claim("w1", 1, 10_000, 10, &[]).await.unwrap();
+        assert_eq!(claimed.len(), 2, "[{}]", db.label);
+        // Another owner cannot undo w1's claims.
+        assert!(
+            !s.release(&claimed[0], "w2", 2).await.unwrap(),
+            "[{}]",
+            db.label
+        );
+        assert!(s.release(&claimed[0], "w1", 2).await.unwrap());
+        assert!(s.cancel_claimed(&claimed[1], "w1", 3).await.unwrap());
+        let released = s.get_delivery(&claimed[0].id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                released.state.as_str(),
+                released.attempt_count,
+                released.next_attempt_at
+            ),
+            ("pending", 0, Some(2)),
+            "[{}] back where it was, attempt uncounted",
+            db.label
+        );
+        let cancelled = s.get_delivery(&claimed[1].id).await.unwrap().unwrap();
+        assert_eq!(
+            (cancelled.state.as_str(), cancelled.attempt_count),
+            ("cancelled", 0),
+            "[{}]",
+            db.label
+        );
+        let reasons: Vec<(Option<String>, String, String)> = s
+            .transitions_for(std::slice::from_ref(&claimed[1].id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.from_state, t.to_state, t.reason))
+            .collect();
+        let t = |f: &str, to: &str, r: &str| (Some(f.to_string()), to.to_string(), r.to_string());
+        assert_eq!(
+            reasons[1..],
+            [
+                t("pending", "in_flight", "claimed"),
+                t("in_flight", "pending", "released"),
+                t("pending", "cancelled", "endpoint_gone"),
+            ],
+            "[{}]",
+            db.label
+        );
+        // The released one is claimable again as attempt 1.
+        let again = s.claim("w1", 5, 10_000, 10, &[]).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].attempt, again[0].from),
+            (1, DeliveryState::Pending),
+            "[{}]",
+            db.label
+        );
+    }
+}

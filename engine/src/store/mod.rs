@@ -712,51 +712,41 @@ impl Store {
     /// to the state it was claimed from and the attempt is not counted.
     /// Returns false if `owner` no longer held the lease.
     pub async fn release(&self, claim: &Claimed, owner: &str, now: i64) -> Result<bool> {
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE deliveries SET state = claimed_from, claimed_from = state, \
-                 attempt_count = attempt_count - 1, next_attempt_at = $3, lease_owner = NULL, \
-                 lease_expires_at = NULL, updated_at = $3 \
-                 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
-            )
-            .bind(&claim.id)
-            .bind(owner)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n > 0 {
-                insert_transition(&mut tx, &claim.id, Some(DeliveryState::InFlight), claim.from,
-                    claim.attempt - 1, None, TransitionReason::Released, now).await?;
-            }
-            tx.commit().await?;
-            Ok(n > 0)
-        })
+        self.unclaim(claim, owner, now, false).await
     }
 
     /// A claimed delivery whose endpoint was deleted or disabled meanwhile:
     /// released, then cancelled, both recorded.
     pub async fn cancel_claimed(&self, claim: &Claimed, owner: &str, now: i64) -> Result<bool> {
+        self.unclaim(claim, owner, now, true).await
+    }
+
+    /// Undoes a claim `owner` still holds, uncounting the attempt; with
+    /// `cancel`, the delivery then goes on to cancelled.
+    async fn unclaim(&self, claim: &Claimed, owner: &str, now: i64, cancel: bool) -> Result<bool> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
-                "UPDATE deliveries SET state = 'cancelled', claimed_from = 'in_flight', \
-                 attempt_count = attempt_count - 1, next_attempt_at = NULL, lease_owner = NULL, \
-                 lease_expires_at = NULL, updated_at = $3 \
-                 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
+                "UPDATE deliveries SET claimed_from = state, \
+                 state = CASE WHEN $4 THEN 'cancelled' ELSE claimed_from END, \
+                 next_attempt_at = CASE WHEN $4 THEN NULL ELSE $3 END, \
+                 attempt_count = attempt_count - 1, lease_owner = NULL, lease_expires_at = NULL, \
+                 updated_at = $3 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
             )
             .bind(&claim.id)
             .bind(owner)
             .bind(now)
+            .bind(cancel)
             .execute(&mut *tx)
             .await?
             .rows_affected();
             if n > 0 {
                 insert_transition(&mut tx, &claim.id, Some(DeliveryState::InFlight), claim.from,
                     claim.attempt - 1, None, TransitionReason::Released, now).await?;
-                insert_transition(&mut tx, &claim.id, Some(claim.from), DeliveryState::Cancelled,
-                    claim.attempt - 1, None, TransitionReason::EndpointGone, now).await?;
+                if cancel {
+                    insert_transition(&mut tx, &claim.id, Some(claim.from), DeliveryState::Cancelled,
+                        claim.attempt - 1, None, TransitionReason::EndpointGone, now).await?;
+                }
             }
             tx.commit().await?;
             Ok(n > 0)
