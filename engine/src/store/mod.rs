@@ -927,6 +927,7 @@ where
     for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     i64: for<'r> sqlx::Decode<'r, DB>,
@@ -944,17 +945,17 @@ where
     for r in rows {
         let id: String = r.try_get(0)?;
         let attempt: i64 = r.try_get(1)?;
-        let from: String = r.try_get(2)?;
-        sqlx::query(
-            "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) \
-             VALUES ($1, $2, 'cancelled', $3, $4, $5)",
+        let from = parse_state(&r.try_get::<String, _>(2)?)?;
+        insert_transition(
+            tx,
+            &id,
+            Some(from),
+            DeliveryState::Cancelled,
+            attempt,
+            None,
+            TransitionReason::EndpointGone,
+            now,
         )
-        .bind(id.as_str())
-        .bind(from.as_str())
-        .bind(attempt)
-        .bind(TransitionReason::EndpointGone.as_str())
-        .bind(now)
-        .execute(&mut **tx)
         .await?;
     }
     Ok(())
