@@ -565,7 +565,12 @@ async fn persist(inner: &Inner, record: &AttemptRecord) {
     // transient store failure is retried a few times.
     for attempt in 0..5 {
         match inner.store.record_attempt(record, &inner.cfg.breaker).await {
-            Ok(r) if r.moved => {
+            Ok(r) => {
+                if !r.moved {
+                    tracing::warn!(
+                        "lease lost before the outcome was recorded; the delivery was rescued"
+                    );
+                }
                 match r.breaker {
                     Change::None => {}
                     Change::Opened => {
@@ -579,12 +584,6 @@ async fn persist(inner: &Inner, record: &AttemptRecord) {
                     }
                 }
                 inner.metrics.breaker_change(r.breaker);
-                return;
-            }
-            Ok(_) => {
-                tracing::warn!(
-                    "lease lost before the outcome was recorded; the delivery was rescued"
-                );
                 return;
             }
             Err(e) if e.is_retryable() && attempt < 4 => {

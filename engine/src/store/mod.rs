@@ -882,10 +882,18 @@ impl Store {
     /// continuous failure past `breaker.disable_after`, disable the endpoint
     /// and give up its waiting deliveries (retry_scheduled → failed,
     /// pending → cancelled, reason `breaker_disabled`).
-    pub async fn record_attempt(&self, rec: &AttemptRecord, breaker: &BreakerPolicy) -> Result<Recorded> {
+    pub async fn record_attempt(
+        &self,
+        rec: &AttemptRecord,
+        breaker: &BreakerPolicy,
+    ) -> Result<Recorded> {
         let to = rec.to;
         let signal = breaker::Signal::of(rec.outcome);
-        let lock = if self.kind() == BackendKind::Postgres { " FOR UPDATE" } else { "" };
+        let lock = if self.kind() == BackendKind::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let mut change = breaker::Change::None;
         debug_assert!(DeliveryState::can_transition(
             Some(DeliveryState::InFlight),
@@ -907,7 +915,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, \
                  response_status, response_headers, response_body, response_truncated, duration_ms, \
                  outcome, error, started_at, finished_at) \
@@ -929,7 +937,8 @@ impl Store {
             .bind(rec.started_at)
             .bind(rec.finished_at)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
             if n > 0 {
                 insert_transition(&mut tx, &rec.delivery_id, Some(DeliveryState::InFlight), to,
                     rec.attempt, Some(rec.outcome), TransitionReason::Attempted, rec.finished_at).await?;
@@ -941,7 +950,14 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     cancel_waiting(&mut tx, endpoint, rec.finished_at).await?;
-                } else if breaker.enabled() && signal != breaker::Signal::Neutral {
+                }
+            }
+            // The breaker takes every exchange that happened once, even one
+            // whose lease was lost meanwhile: it says how the receiver is.
+            if inserted > 0 && rec.disable_endpoint.is_none() && breaker.enabled()
+                && signal != breaker::Signal::Neutral
+            {
+                {
                     let select = format!(
                         "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
                          breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1"
