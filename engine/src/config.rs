@@ -51,6 +51,8 @@ pub struct WorkerSection {
     pub allow_cidrs: Vec<String>,
     /// How long a graceful shutdown waits for attempts in flight.
     pub drain_timeout: String,
+    /// The endpoint circuit breaker (`[worker.breaker]`).
+    pub breaker: BreakerSection,
 }
 
 impl Default for WorkerSection {
@@ -63,7 +65,57 @@ impl Default for WorkerSection {
             deadline: None,
             allow_cidrs: Vec::new(),
             drain_timeout: "20s".into(),
+            breaker: BreakerSection::default(),
         }
+    }
+}
+
+/// The endpoint circuit breaker's keys, `[worker.breaker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    /// Consecutive failed attempts that open an endpoint's breaker; 0 turns
+    /// the breaker off.
+    pub failures: u32,
+    /// How often an open breaker lets one probe attempt through, e.g. "30s".
+    pub probe_interval: String,
+    /// Continuous failure after which the endpoint is disabled, e.g. "1h";
+    /// "0s" never disables.
+    pub disable_after: String,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection {
+            failures: 5,
+            probe_interval: "30s".into(),
+            disable_after: "1h".into(),
+        }
+    }
+}
+
+impl BreakerSection {
+    /// The parsed policy; errors name the key.
+    pub fn policy(&self) -> Result<crate::breaker::BreakerPolicy, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("worker.breaker.{key}"),
+            message,
+        };
+        let probe_interval =
+            parse_duration(&self.probe_interval).map_err(|m| invalid("probe_interval", m))?;
+        if probe_interval.is_zero() {
+            return Err(invalid(
+                "probe_interval",
+                "must be longer than 0s".to_string(),
+            ));
+        }
+        let disable_after =
+            parse_duration(&self.disable_after).map_err(|m| invalid("disable_after", m))?;
+        Ok(crate::breaker::BreakerPolicy {
+            failures: self.failures,
+            probe_interval,
+            disable_after: (!disable_after.is_zero()).then_some(disable_after),
+        })
     }
 }
 
@@ -326,6 +378,7 @@ impl EngineConfig {
                 retry_schedule: w.retry_schedule.clone(),
                 deadline,
                 drain_timeout,
+                breaker: w.breaker.policy()?,
             },
             allow_cidrs,
         })

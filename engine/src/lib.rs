@@ -4,6 +4,7 @@
 //! - [`config`]: the typed configuration, its TOML file, environment
 //!   overrides and validation.
 //! - [`state`]: the delivery state machine and outcome classes, declared once.
+//! - [`breaker`]: the endpoint circuit breaker's rules, declared once.
 //! - [`store`]: SQLite/PostgreSQL persistence: endpoints, events, deliveries,
 //!   transitions, attempts, and the claim/rescue API the worker uses.
 //! - [`ingest`]: group commit for `POST /v1/events`.
@@ -25,6 +26,7 @@
 //! - [`testing`]: helpers that start an engine on 127.0.0.1:0 for tests.
 
 pub mod api;
+pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod conformance;

@@ -4,7 +4,7 @@
 //! registry machinery, and a scrape costs one pass over a few numbers.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -61,6 +61,15 @@ pub struct Metrics {
     pub lease_rescues: AtomicU64,
     attempts_by_outcome: [AtomicU64; crate::state::OutcomeClass::ALL.len()],
     attempt_seconds: Histogram,
+    /// Attempts this process has in flight now.
+    pub in_flight: AtomicI64,
+    /// Deliveries due and waiting for a worker (sampled every second).
+    pub due_queue: AtomicI64,
+    /// Endpoints by breaker state: closed, open, disabled by the breaker
+    /// (sampled every second).
+    breakers: [AtomicI64; 3],
+    /// Breaker changes this process recorded: opened, closed, disabled.
+    breaker_changes: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -87,6 +96,24 @@ impl Metrics {
             .expect("every class is listed");
         self.attempts_by_outcome[i].fetch_add(1, Ordering::Relaxed);
         self.attempt_seconds.observe(took);
+    }
+
+    /// Sets the sampled breaker gauges.
+    pub fn set_breakers(&self, c: crate::store::BreakerCounts) {
+        self.breakers[0].store(c.closed, Ordering::Relaxed);
+        self.breakers[1].store(c.open, Ordering::Relaxed);
+        self.breakers[2].store(c.disabled_by_breaker, Ordering::Relaxed);
+    }
+
+    /// Counts a breaker change this process recorded.
+    pub fn breaker_change(&self, c: crate::breaker::Change) {
+        let i = match c {
+            crate::breaker::Change::None => return,
+            crate::breaker::Change::Opened => 0,
+            crate::breaker::Change::Closed => 1,
+            crate::breaker::Change::Disable => 2,
+        };
+        self.breaker_changes[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// One API response with `status`, taking `took`.
@@ -164,6 +191,45 @@ impl Metrics {
                 out,
                 "hookshift_attempts_total{{outcome=\"{c}\"}} {}",
                 load(&self.attempts_by_outcome[i])
+            );
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "hookshift_attempts_in_flight",
+            "Delivery attempts this process has in flight.",
+            self.in_flight.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "hookshift_due_deliveries",
+            "Deliveries due and waiting for a worker (sampled every second).",
+            self.due_queue.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hookshift_endpoint_breakers Endpoints by circuit breaker state (sampled every second).\n\
+             # TYPE hookshift_endpoint_breakers gauge"
+        );
+        for (i, state) in ["closed", "open", "disabled"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "hookshift_endpoint_breakers{{state=\"{state}\"}} {}",
+                self.breakers[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hookshift_breaker_changes_total Circuit breaker changes recorded by this process.\n\
+             # TYPE hookshift_breaker_changes_total counter"
+        );
+        for (i, change) in ["opened", "closed", "disabled"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "hookshift_breaker_changes_total{{change=\"{change}\"}} {}",
+                load(&self.breaker_changes[i])
             );
         }
         self.attempt_seconds.render(

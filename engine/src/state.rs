@@ -252,6 +252,9 @@ pub enum TransitionReason {
     Replay,
     /// The endpoint was deleted or disabled.
     EndpointGone,
+    /// The circuit breaker disabled the endpoint after continuous failure:
+    /// waiting retries fail, unattempted deliveries are cancelled.
+    BreakerDisabled,
 }
 
 impl TransitionReason {
@@ -265,6 +268,7 @@ impl TransitionReason {
             TransitionReason::Released => "released",
             TransitionReason::Replay => "replay",
             TransitionReason::EndpointGone => "endpoint_gone",
+            TransitionReason::BreakerDisabled => "breaker_disabled",
         }
     }
 }

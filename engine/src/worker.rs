@@ -18,16 +18,25 @@
 //! nothing queues in memory. Leases outlive the deadline, so a live attempt
 //! is never rescued; a crashed worker's leases expire and the rescuer
 //! reschedules them (at-least-once).
+//!
+//! Endpoint limits: an endpoint with `rate_limit_per_s` gets a token bucket
+//! here (burst of one second's worth, refilled by the injected clock); its
+//! deliveries are claimed only up to the tokens it has, so nothing is claimed
+//! that must wait. The limit holds per worker process. An endpoint whose
+//! circuit breaker is open (kept in the database, see [`crate::breaker`]) is
+//! skipped by the claim except for one probe per probe interval.
 
+use crate::breaker::{BreakerPolicy, Change};
 use crate::clock::SharedClock;
 use crate::delivery::http::{Exchange, OutboundRequest, Outcome, Sender};
 use crate::metrics::Metrics;
 use crate::profile::{self, HeaderCase, Message, Profile};
 use crate::state::{DeliveryState, OutcomeClass};
-use crate::store::{AttemptRecord, Claimed, Store, StoreError};
+use crate::store::{AttemptRecord, ClaimSpec, Claimed, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -52,6 +61,8 @@ pub struct WorkerConfig {
     pub deadline: Option<Duration>,
     /// How long a graceful shutdown waits for attempts in flight.
     pub drain_timeout: Duration,
+    /// The endpoint circuit breaker.
+    pub breaker: BreakerPolicy,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +76,7 @@ impl Default for WorkerConfig {
             retry_schedule: None,
             deadline: None,
             drain_timeout: Duration::from_secs(20),
+            breaker: BreakerPolicy::default(),
         }
     }
 }
@@ -173,6 +185,7 @@ impl Completed {
             .then(|| self.claim.endpoint_id.clone());
         AttemptRecord {
             delivery_id: self.claim.id,
+            endpoint_id: self.claim.endpoint_id.clone(),
             owner: owner.to_string(),
             attempt: self.claim.attempt,
             to,
@@ -216,7 +229,40 @@ struct Inner {
     owner: String,
     slots: Arc<Semaphore>,
     per_endpoint: Mutex<HashMap<String, usize>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
     profiles: HashMap<String, Profile>,
+}
+
+/// A token bucket for one rate-limited endpoint, on the injected clock.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at_ms: i64,
+}
+
+impl Bucket {
+    /// A full bucket: an endpoint may take one second's worth at once.
+    fn full(rate: i64, now: i64) -> Bucket {
+        let rate = rate.max(1) as f64;
+        Bucket {
+            rate,
+            tokens: rate,
+            at_ms: now,
+        }
+    }
+
+    /// Adds the tokens earned since the last refill (capped at one second's
+    /// worth) under the endpoint's current limit.
+    fn refill(&mut self, rate: i64, now: i64) {
+        self.rate = rate.max(1) as f64;
+        if now > self.at_ms {
+            let earned = (now - self.at_ms) as f64 * self.rate / 1000.0;
+            self.tokens = (self.tokens + earned).min(self.rate);
+            self.at_ms = now;
+        }
+        self.tokens = self.tokens.min(self.rate);
+    }
 }
 
 /// Claims and delivers until shut down.
@@ -265,6 +311,7 @@ impl Worker {
                 metrics,
                 slots: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
                 per_endpoint: Mutex::new(HashMap::new()),
+                buckets: Mutex::new(HashMap::new()),
                 owner,
                 profiles,
                 cfg,
@@ -285,6 +332,7 @@ impl Worker {
         let inner = self.inner;
         let mut tasks: JoinSet<()> = JoinSet::new();
         let rescuer = tokio::spawn(rescue_loop(inner.clone()));
+        let gauges = tokio::spawn(gauge_loop(inner.clone()));
         tokio::pin!(shutdown);
         loop {
             // Reap finished attempts so the set does not grow.
@@ -298,10 +346,12 @@ impl Worker {
             let got_any = !claimed.is_empty();
             for (reserved, permit) in claimed {
                 let inner = inner.clone();
+                inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
                     let endpoint = reserved.claim.endpoint_id.clone();
                     attempt(&inner, reserved).await;
                     inner.done_with(&endpoint);
+                    inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }
@@ -317,6 +367,7 @@ impl Worker {
             }
         }
         rescuer.abort();
+        gauges.abort();
         let drain = tokio::time::timeout(inner.cfg.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
         });
@@ -342,33 +393,79 @@ impl Inner {
     }
 }
 
-/// Claims up to `free` deliveries, skipping saturated endpoints; hands back
-/// any that would push an endpoint over its cap.
+/// Claims up to `free` deliveries, skipping saturated endpoints, taking
+/// rate-limited ones only up to their tokens, and probing open breakers;
+/// hands back any that would push an endpoint over its cap.
 async fn claim_batch(
     inner: &Arc<Inner>,
     free: usize,
 ) -> Vec<(Reserved, tokio::sync::OwnedSemaphorePermit)> {
-    let saturated: Vec<String> = {
-        let map = inner.per_endpoint.lock().expect("per-endpoint map");
-        map.iter()
-            .filter(|(_, n)| **n >= inner.cfg.per_endpoint)
-            .map(|(e, _)| e.clone())
-            .collect()
+    // Read every claim so a limit set a moment ago already holds.
+    let limits = match inner.store.rate_limits().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading rate limits failed");
+            return Vec::new();
+        }
     };
     let now = inner.clock.now_ms();
+    let (skip, quotas) = {
+        let map = inner.per_endpoint.lock().expect("per-endpoint map");
+        let mut buckets = inner.buckets.lock().expect("buckets");
+        buckets.retain(|e, _| limits.iter().any(|(l, _)| l == e));
+        let mut skip: Vec<String> = map
+            .iter()
+            .filter(|(_, n)| **n >= inner.cfg.per_endpoint)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut quotas = Vec::new();
+        for (endpoint, rate) in &limits {
+            let bucket = buckets
+                .entry(endpoint.clone())
+                .or_insert_with(|| Bucket::full(*rate, now));
+            bucket.refill(*rate, now);
+            let busy = map.get(endpoint).copied().unwrap_or(0);
+            let room = inner.cfg.per_endpoint.saturating_sub(busy);
+            let n = (bucket.tokens.floor().max(0.0) as usize).min(room);
+            if !skip.contains(endpoint) {
+                skip.push(endpoint.clone());
+            }
+            if n > 0 {
+                quotas.push((endpoint.clone(), n as i64));
+            }
+        }
+        (skip, quotas)
+    };
     let lease_until = now + inner.cfg.lease.as_millis() as i64;
     let limit = free.min(256) as i64;
-    let claims = match inner
-        .store
-        .claim(&inner.owner, now, lease_until, limit, &saturated)
-        .await
-    {
+    let spec = ClaimSpec {
+        owner: &inner.owner,
+        now,
+        lease_until,
+        limit,
+        skip_endpoints: &skip,
+        quotas: &quotas,
+        probe_interval_ms: inner
+            .cfg
+            .breaker
+            .enabled()
+            .then(|| inner.cfg.breaker.probe_interval.as_millis() as i64),
+    };
+    let claims = match inner.store.claim_with(&spec).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "claim failed");
             return Vec::new();
         }
     };
+    if !limits.is_empty() {
+        let mut buckets = inner.buckets.lock().expect("buckets");
+        for claim in &claims {
+            if let Some(b) = buckets.get_mut(&claim.endpoint_id) {
+                b.tokens -= 1.0;
+            }
+        }
+    }
     let mut out = Vec::with_capacity(claims.len());
     for claim in claims {
         let over_cap = {
@@ -455,24 +552,38 @@ async fn attempt(inner: &Inner, reserved: Reserved) {
         }
     };
     let exchange = inner.sender.send(request).await;
-    inner
-        .metrics
-        .attempt_finished(exchange.outcome.class(), exchange.duration);
+    let (class, took) = (exchange.outcome.class(), exchange.duration);
     let completed = reserved.finish(sent, exchange, inner.clock.now_ms());
     let record = completed.decide(&inner.owner, &profile.retry, &mut rand::thread_rng());
     persist(inner, &record).await;
+    // Metrics come after the outcome is durable.
+    inner.metrics.attempt_finished(class, took);
 }
 
 async fn persist(inner: &Inner, record: &AttemptRecord) {
     // The exchange happened; losing its record would hide it, so a
     // transient store failure is retried a few times.
     for attempt in 0..5 {
-        match inner.store.record_attempt(record).await {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::warn!(
-                    "lease lost before the outcome was recorded; the delivery was rescued"
-                );
+        match inner.store.record_attempt(record, &inner.cfg.breaker).await {
+            Ok(r) => {
+                if !r.moved {
+                    tracing::warn!(
+                        "lease lost before the outcome was recorded; the delivery was rescued"
+                    );
+                }
+                match r.breaker {
+                    Change::None => {}
+                    Change::Opened => {
+                        tracing::warn!(endpoint = %record.endpoint_id, "circuit breaker opened");
+                    }
+                    Change::Closed => {
+                        tracing::info!(endpoint = %record.endpoint_id, "circuit breaker closed");
+                    }
+                    Change::Disable => {
+                        tracing::warn!(endpoint = %record.endpoint_id, "circuit breaker disabled the endpoint after continuous failure");
+                    }
+                }
+                inner.metrics.breaker_change(r.breaker);
                 return;
             }
             Err(e) if e.is_retryable() && attempt < 4 => {
@@ -541,6 +652,20 @@ async fn prepare(inner: &Inner, reserved: &Reserved) -> Result<Prepare, StoreErr
         title_case_headers: profile.header_case != HeaderCase::Lower,
     };
     Ok(Prepare::Ready(request, sent, profile))
+}
+
+/// Samples the gauges that live in the database: the due queue and the
+/// endpoints by breaker state.
+async fn gauge_loop(inner: Arc<Inner>) {
+    loop {
+        if let Ok(n) = inner.store.due_count(inner.clock.now_ms()).await {
+            inner.metrics.due_queue.store(n, Ordering::Relaxed);
+        }
+        if let Ok(c) = inner.store.breaker_counts().await {
+            inner.metrics.set_breakers(c);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Reschedules deliveries whose lease expired (their worker died).

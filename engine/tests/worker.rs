@@ -87,7 +87,7 @@ impl Setup {
 
     /// Waits until the delivery is in `state` (or panics with its history).
     async fn wait_for(&self, id: &str, states: &[&str]) -> Value {
-        for _ in 0..300 {
+        for _ in 0..600 {
             let d = self.delivery(id).await;
             if states.contains(&d["state"].as_str().unwrap()) {
                 return d;
@@ -345,6 +345,293 @@ async fn the_official_standard_webhooks_library_accepts_every_delivery() {
         }
         wh.verify(&hit.body, &headers)
             .unwrap_or_else(|e| panic!("rejected: {e:?}\n{}", hit.head));
+    }
+    s.engine.shutdown().await;
+}
+
+fn breaker_config(failures: u32, probe: &str, disable_after: &str) -> EngineConfig {
+    let mut cfg = config(true);
+    cfg.worker.retry_schedule = Some("1s,1s,1s,1s,1s,1s,1s,1s,1s,1s".into());
+    cfg.worker.breaker = engine::config::BreakerSection {
+        failures,
+        probe_interval: probe.into(),
+        disable_after: disable_after.into(),
+    };
+    cfg
+}
+
+impl Setup {
+    async fn get_endpoint(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/endpoints/{id}", self.engine.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// Waits until the receiver has seen `n` requests and no attempt is in
+/// flight (so moving the injected clock cannot expire a live lease), then
+/// a little longer to show no more requests arrive.
+async fn expect_hits(rx: &support::Receiver, store: &Store, n: usize, label: &str) {
+    for _ in 0..500 {
+        let in_flight = store
+            .count_by_state()
+            .await
+            .unwrap()
+            .get(&engine::state::DeliveryState::InFlight)
+            .copied()
+            .unwrap_or(0);
+        if rx.hits().len() >= n && in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Longer than the worker's poll interval: anything claimable is claimed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.hits().len(), n, "[{label}] requests received");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_probes_survives_a_restart_and_closes_on_success() {
+    for db in TestDb::all().await {
+        let l = db.label;
+        let clock = ManualClock::at(1_700_000_000_000);
+        // The first engine's shutdown closes its pool; watch through another.
+        let watch = db.second_store().await;
+        // Five failures open the breaker at three; the first probe fails
+        // too; the second succeeds and everything flows again.
+        let mut script = vec![Reply::Status(500); 6];
+        script.push(Reply::Status(200));
+        let rx = receiver(script).await;
+        let cfg = breaker_config(3, "10s", "1h");
+        // Ingest first with no worker, so one claim takes all five at once.
+        let api_only = EngineConfig {
+            role: "api".into(),
+            ..cfg.clone()
+        };
+        let s = Setup::new(db.store.clone(), api_only, Arc::new(clock.clone())).await;
+        s.endpoint("ep", json!({"url": rx.url})).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(s.event(&format!("evt_br_{i}"), json!({"i": i})).await);
+        }
+        s.engine.shutdown().await;
+        let s = Setup::new(
+            db.second_store().await,
+            cfg.clone(),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        for id in &ids {
+            s.wait_for(id, &["retry_scheduled"]).await;
+        }
+        expect_hits(&rx, &watch, 5, l).await;
+        let ep = s.get_endpoint("ep").await;
+        assert_eq!(ep["breaker"]["state"], "open", "[{l}] {ep}");
+        assert_eq!(ep["breaker"]["consecutive_failures"], 5, "[{l}] {ep}");
+        assert_eq!(
+            ep["breaker"]["opened_at"], "2023-11-14T22:13:20.000Z",
+            "[{l}] {ep}"
+        );
+        assert_eq!(
+            ep["breaker"]["next_probe_at"], "2023-11-14T22:13:30.000Z",
+            "[{l}] {ep}"
+        );
+        assert_eq!(ep["disabled"], false);
+
+        // Retries are due after 1 s, but the breaker holds them back.
+        clock.advance(2_000);
+        expect_hits(&rx, &watch, 5, l).await;
+
+        // The breaker is in the database: a new engine process keeps it.
+        s.engine.shutdown().await;
+        let s = Setup::new(
+            db.second_store().await,
+            cfg.clone(),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        clock.advance(2_000);
+        expect_hits(&rx, &watch, 5, l).await;
+        assert_eq!(s.get_endpoint("ep").await["breaker"]["state"], "open");
+
+        // At the probe time exactly one delivery goes out; it fails.
+        clock.advance(6_000);
+        expect_hits(&rx, &watch, 6, l).await;
+        let ep = s.get_endpoint("ep").await;
+        assert_eq!(ep["breaker"]["state"], "open", "[{l}] {ep}");
+        assert_eq!(ep["breaker"]["consecutive_failures"], 6, "[{l}] {ep}");
+
+        // The next probe succeeds: the breaker closes and the rest flow.
+        clock.advance(10_000);
+        for id in &ids {
+            s.wait_for(id, &["succeeded"]).await;
+        }
+        expect_hits(&rx, &watch, 11, l).await;
+        let ep = s.get_endpoint("ep").await;
+        assert_eq!(ep["breaker"]["state"], "closed", "[{l}] {ep}");
+        assert_eq!(ep["breaker"]["consecutive_failures"], 0, "[{l}] {ep}");
+        assert_eq!(ep["breaker"]["opened_at"], Value::Null, "[{l}] {ep}");
+        s.engine.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn continuous_failure_disables_the_endpoint_and_gives_up_its_deliveries() {
+    for db in TestDb::all().await {
+        let l = db.label;
+        let clock = ManualClock::at(1_700_000_000_000);
+        let rx = receiver(vec![Reply::Status(503)]).await;
+        let s = Setup::new(
+            db.store.clone(),
+            breaker_config(2, "10s", "30s"),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        s.endpoint("ep", json!({"url": rx.url})).await;
+        let a = s.event("evt_dis_a", json!({})).await;
+        s.wait_for(&a, &["retry_scheduled"]).await;
+        let b = s.event("evt_dis_b", json!({})).await;
+        s.wait_for(&b, &["retry_scheduled"]).await;
+        assert_eq!(s.get_endpoint("ep").await["breaker"]["state"], "open");
+        expect_hits(&rx, &db.store, 2, l).await;
+
+        // Probes every 10 s fail (each takes the delivery due first);
+        // 30 s after the first failure the breaker gives up.
+        for (step, hits) in [(1, 3), (2, 4)] {
+            clock.advance(10_000);
+            expect_hits(&rx, &db.store, hits, &format!("{l} probe {step}")).await;
+            assert_eq!(s.get_endpoint("ep").await["disabled"], false, "[{l}]");
+        }
+        // Posted while the breaker is open: they wait, never attempted
+        // (the next probe takes an older retry).
+        let c = s.event("evt_dis_c", json!({})).await;
+        let d = s.event("evt_dis_d", json!({})).await;
+        expect_hits(&rx, &db.store, 4, l).await;
+        assert_eq!(s.delivery(&c).await["state"], "pending", "[{l}]");
+        clock.advance(10_000);
+        expect_hits(&rx, &db.store, 5, l).await;
+        let ep = s.get_endpoint("ep").await;
+        assert_eq!(ep["disabled"], true, "[{l}] {ep}");
+        assert_eq!(ep["disabled_reason"], "breaker", "[{l}] {ep}");
+
+        for (id, state) in [
+            (&a, "failed"),
+            (&b, "failed"),
+            (&c, "cancelled"),
+            (&d, "cancelled"),
+        ] {
+            let d = s.delivery(id).await;
+            assert_eq!(d["state"], state, "[{l}] {d:#}");
+            let last = d["transitions"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(last["reason"], "breaker_disabled", "[{l}] {d:#}");
+        }
+        // Nothing more goes out, however long we wait.
+        clock.advance(3_600_000);
+        expect_hits(&rx, &db.store, 5, l).await;
+
+        // Re-enabling closes the breaker and forgets the failures.
+        let ep = s
+            .endpoint("ep", json!({"url": rx.url, "disabled": false}))
+            .await;
+        assert_eq!(ep["breaker"]["state"], "closed", "[{l}] {ep}");
+        assert_eq!(ep["breaker"]["consecutive_failures"], 0, "[{l}] {ep}");
+        assert_eq!(ep["disabled_reason"], Value::Null, "[{l}] {ep}");
+
+        let metrics = s
+            .http
+            .get(format!("{}/metrics", s.engine.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("hookshift_breaker_changes_total{change=\"opened\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("hookshift_breaker_changes_total{change=\"disabled\"} 1"),
+            "{metrics}"
+        );
+        s.engine.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_is_not_sent_faster_than_its_limit() {
+    for db in TestDb::all().await {
+        let l = db.label;
+        let clock = ManualClock::at(1_700_000_000_000);
+        let rx = receiver(vec![Reply::Status(200)]).await;
+        let s = Setup::new(db.store.clone(), config(true), Arc::new(clock.clone())).await;
+        s.endpoint("ep", json!({"url": rx.url, "rate_limit_per_s": 2}))
+            .await;
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(s.event(&format!("evt_rl_{i}"), json!({"i": i})).await);
+        }
+        // A full bucket: one second's worth goes at once, then nothing
+        // until the clock moves, however long real time runs.
+        expect_hits(&rx, &db.store, 2, l).await;
+        // Each half second of injected time earns one more request.
+        for step in 1..=8 {
+            clock.advance(500);
+            expect_hits(
+                &rx,
+                &db.store,
+                2 + step,
+                &format!("{l} after {} ms", step * 500),
+            )
+            .await;
+        }
+        for id in &ids {
+            s.wait_for(id, &["succeeded"]).await;
+        }
+        // A long pause refills only a one-second burst.
+        clock.advance(60_000);
+        for i in 10..15 {
+            s.event(&format!("evt_rl_{i}"), json!({"i": i})).await;
+        }
+        expect_hits(&rx, &db.store, 12, l).await;
+        s.engine.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_show_the_worker() {
+    let db = TestDb::sqlite().await;
+    let rx = receiver(vec![Reply::Status(200)]).await;
+    let s = Setup::new(db.store.clone(), config(true), Arc::new(SystemClock)).await;
+    s.endpoint("ep", json!({"url": rx.url})).await;
+    let id = s.event("evt_metrics", json!({})).await;
+    s.wait_for(&id, &["succeeded"]).await;
+    // The gauges are sampled every second.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let m = s
+        .http
+        .get(format!("{}/metrics", s.engine.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "hookshift_attempts_total{outcome=\"delivered\"} 1",
+        "hookshift_attempts_in_flight 0",
+        "hookshift_due_deliveries 0",
+        "hookshift_endpoint_breakers{state=\"closed\"} 1",
+        "hookshift_endpoint_breakers{state=\"open\"} 0",
+        "hookshift_lease_rescues_total 0",
+        "hookshift_attempt_seconds_count 1",
+    ] {
+        assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
     s.engine.shutdown().await;
 }

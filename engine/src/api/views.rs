@@ -26,6 +26,10 @@ pub struct EndpointView {
     pub profile: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// While disabled: `operator`, `gone` (a 410 answer) or `breaker`.
+    pub disabled_reason: Option<String>,
+    /// The endpoint's circuit breaker.
+    pub breaker: BreakerView,
     /// Present only in the answer that created the endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -43,9 +47,34 @@ impl EndpointView {
             profile: e.profile.clone(),
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
+            disabled_reason: e.disabled_reason.clone(),
+            breaker: BreakerView {
+                state: e.breaker_state.clone(),
+                consecutive_failures: e.consecutive_failures,
+                failing_since: e.failing_since.map(rfc3339),
+                opened_at: e.breaker_opened_at.map(rfc3339),
+                next_probe_at: (e.breaker_state == "open")
+                    .then_some(e.breaker_probe_at)
+                    .flatten()
+                    .map(rfc3339),
+            },
             secret,
         }
     }
+}
+
+/// An endpoint's circuit breaker (see `crate::breaker`).
+#[derive(Serialize)]
+pub struct BreakerView {
+    /// `closed` or `open`.
+    pub state: String,
+    pub consecutive_failures: i64,
+    /// When the current run of failures began.
+    pub failing_since: Option<String>,
+    /// When the breaker last opened.
+    pub opened_at: Option<String>,
+    /// While open: when the next probe attempt may go out.
+    pub next_probe_at: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -16,6 +16,7 @@ mod rows;
 
 pub use rows::*;
 
+use crate::breaker::{self, Breaker, BreakerPolicy};
 use crate::state::{DeliveryState, OutcomeClass, TransitionReason};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -187,9 +188,18 @@ impl Store {
             let mut tx = pool.begin().await?;
             // Write first: SQLite then takes its write lock at once, under
             // the busy timeout, instead of failing a read-to-write upgrade.
+            // Re-enabling an endpoint closes its breaker and forgets its
+            // failures (SET expressions read the row as it was).
             let updated = sqlx::query(
                 "UPDATE endpoints SET url = $2, description = $3, event_types = $4, disabled = $5, \
-                 rate_limit_per_s = $6, profile = $7, deleted_at = NULL, updated_at = $8 WHERE id = $1",
+                 rate_limit_per_s = $6, profile = $7, deleted_at = NULL, updated_at = $8, \
+                 disabled_reason = CASE WHEN NOT $5 THEN NULL WHEN disabled THEN disabled_reason ELSE 'operator' END, \
+                 breaker_state = CASE WHEN disabled AND NOT $5 THEN 'closed' ELSE breaker_state END, \
+                 consecutive_failures = CASE WHEN disabled AND NOT $5 THEN 0 ELSE consecutive_failures END, \
+                 failing_since = CASE WHEN disabled AND NOT $5 THEN NULL ELSE failing_since END, \
+                 breaker_opened_at = CASE WHEN disabled AND NOT $5 THEN NULL ELSE breaker_opened_at END, \
+                 breaker_probe_at = CASE WHEN disabled AND NOT $5 THEN NULL ELSE breaker_probe_at END \
+                 WHERE id = $1",
             )
             .bind(id)
             .bind(&spec.url)
@@ -206,8 +216,8 @@ impl Store {
             if created {
                 sqlx::query(
                     "INSERT INTO endpoints (id, url, description, event_types, disabled, \
-                     rate_limit_per_s, profile, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                     rate_limit_per_s, profile, created_at, updated_at, disabled_reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, CASE WHEN $5 THEN 'operator' END)",
                 )
                 .bind(id)
                 .bind(&spec.url)
@@ -265,7 +275,9 @@ impl Store {
         with_pool!(self, pool => {
             Ok(sqlx::query_as(
                 "SELECT id, url, description, event_types, disabled, rate_limit_per_s, profile, \
-                 deleted_at, created_at, updated_at FROM endpoints WHERE deleted_at IS NULL ORDER BY id",
+                 deleted_at, created_at, updated_at, breaker_state, consecutive_failures, failing_since, \
+                 breaker_opened_at, breaker_probe_at, disabled_reason \
+                 FROM endpoints WHERE deleted_at IS NULL ORDER BY id",
             )
             .fetch_all(pool)
             .await?)
@@ -623,8 +635,8 @@ impl Store {
     /// Leases up to `limit` due deliveries to `owner` until `lease_until`,
     /// moving them to in_flight and counting the attempt, in one statement.
     /// Deliveries of endpoints in `skip_endpoints` (the caller's saturated
-    /// ones) are left for later. Two claimers never receive the same
-    /// delivery while its lease holds.
+    /// ones) and of endpoints whose breaker is open are left for later. Two
+    /// claimers never receive the same delivery while its lease holds.
     pub async fn claim(
         &self,
         owner: &str,
@@ -633,51 +645,122 @@ impl Store {
         limit: i64,
         skip_endpoints: &[String],
     ) -> Result<Vec<Claimed>> {
+        self.claim_with(&ClaimSpec {
+            owner,
+            now,
+            lease_until,
+            limit,
+            skip_endpoints,
+            quotas: &[],
+            probe_interval_ms: None,
+        })
+        .await
+    }
+
+    /// The worker's claim, in one transaction: first one probe for each
+    /// open breaker whose probe is due (moving its next probe out, so one
+    /// process wins it), then each quota endpoint up to its quota, then any
+    /// other due delivery, skipping `skip_endpoints` and open breakers.
+    pub async fn claim_with(&self, spec: &ClaimSpec<'_>) -> Result<Vec<Claimed>> {
         let kind = self.kind();
+        let now = spec.now;
         let rows: Vec<ClaimedRaw> = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut qb = QueryBuilder::new("");
-            let (alias, returning) = match kind {
-                BackendKind::Postgres => ("d.", " RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claimed_from"),
-                BackendKind::Sqlite => ("", " RETURNING id, event_id, endpoint_id, attempt_count, claimed_from"),
-            };
-            let push_due = |qb: &mut QueryBuilder<'_, _>| {
-                qb.push("SELECT id FROM deliveries WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= ")
-                    .push_bind(now);
-                if !skip_endpoints.is_empty() {
-                    qb.push(" AND endpoint_id NOT IN (");
+            // (only this endpoint, skip open breakers, at most this many)
+            let mut parts: Vec<(Option<String>, bool, i64)> = Vec::new();
+            if let Some(every) = spec.probe_interval_ms {
+                let mut qb = QueryBuilder::new("UPDATE endpoints SET breaker_probe_at = ");
+                qb.push_bind(now + every).push(
+                    " WHERE breaker_state = 'open' AND NOT disabled AND deleted_at IS NULL \
+                     AND COALESCE(breaker_probe_at, 0) <= ",
+                )
+                .push_bind(now);
+                // A rate-limited endpoint with a quota may be probed; one
+                // without (no token, or saturated) may not.
+                let probe_skip: Vec<String> = spec
+                    .skip_endpoints
+                    .iter()
+                    .filter(|e| !spec.quotas.iter().any(|(q, _)| q == *e))
+                    .cloned()
+                    .collect();
+                if !probe_skip.is_empty() {
+                    qb.push(" AND id NOT IN (");
                     let mut sep = qb.separated(", ");
-                    for e in skip_endpoints {
-                        sep.push_bind(e.clone());
+                    for e in probe_skip {
+                        sep.push_bind(e);
                     }
                     qb.push(")");
                 }
-                qb.push(" ORDER BY next_attempt_at LIMIT ").push_bind(limit);
-            };
-            if kind == BackendKind::Postgres {
-                qb.push("WITH due AS (");
-                push_due(&mut qb);
-                qb.push(" FOR UPDATE SKIP LOCKED) UPDATE deliveries d SET ");
-            } else {
-                qb.push("UPDATE deliveries SET ");
+                qb.push(" RETURNING id");
+                let probes: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                parts.extend(probes.into_iter().map(|(id,)| (Some(id), false, 1)));
             }
-            qb.push(format!(
-                "claimed_from = {alias}state, state = 'in_flight', attempt_count = {alias}attempt_count + 1, lease_owner = "
-            ))
-            .push_bind(owner)
-            .push(", lease_expires_at = ")
-            .push_bind(lease_until)
-            .push(", next_attempt_at = NULL, updated_at = ")
-            .push_bind(now);
-            if kind == BackendKind::Postgres {
-                qb.push(" FROM due WHERE d.id = due.id");
-            } else {
-                qb.push(" WHERE id IN (");
-                push_due(&mut qb);
-                qb.push(")");
+            parts.extend(
+                spec.quotas
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(e, n)| (Some(e.clone()), true, *n)),
+            );
+            parts.push((None, true, spec.limit));
+            let mut rows: Vec<ClaimedRaw> = Vec::new();
+            for (only, skip_open, part_limit) in parts {
+                let part_limit = part_limit.min(spec.limit - rows.len() as i64);
+                if part_limit <= 0 {
+                    continue;
+                }
+                let mut qb = QueryBuilder::new("");
+                let (alias, returning) = match kind {
+                    BackendKind::Postgres => ("d.", " RETURNING d.id, d.event_id, d.endpoint_id, d.attempt_count, d.claimed_from"),
+                    BackendKind::Sqlite => ("", " RETURNING id, event_id, endpoint_id, attempt_count, claimed_from"),
+                };
+                let push_due = |qb: &mut QueryBuilder<'_, _>| {
+                    qb.push("SELECT id FROM deliveries WHERE state IN ('pending', 'retry_scheduled') AND next_attempt_at <= ")
+                        .push_bind(now);
+                    match &only {
+                        Some(e) => {
+                            qb.push(" AND endpoint_id = ").push_bind(e.clone());
+                        }
+                        None if !spec.skip_endpoints.is_empty() => {
+                            qb.push(" AND endpoint_id NOT IN (");
+                            let mut sep = qb.separated(", ");
+                            for e in spec.skip_endpoints {
+                                sep.push_bind(e.clone());
+                            }
+                            qb.push(")");
+                        }
+                        None => {}
+                    }
+                    if skip_open {
+                        qb.push(" AND endpoint_id NOT IN (SELECT id FROM endpoints WHERE breaker_state = 'open')");
+                    }
+                    qb.push(" ORDER BY next_attempt_at LIMIT ").push_bind(part_limit);
+                };
+                if kind == BackendKind::Postgres {
+                    qb.push("WITH due AS (");
+                    push_due(&mut qb);
+                    qb.push(" FOR UPDATE SKIP LOCKED) UPDATE deliveries d SET ");
+                } else {
+                    qb.push("UPDATE deliveries SET ");
+                }
+                qb.push(format!(
+                    "claimed_from = {alias}state, state = 'in_flight', attempt_count = {alias}attempt_count + 1, lease_owner = "
+                ))
+                .push_bind(spec.owner)
+                .push(", lease_expires_at = ")
+                .push_bind(spec.lease_until)
+                .push(", next_attempt_at = NULL, updated_at = ")
+                .push_bind(now);
+                if kind == BackendKind::Postgres {
+                    qb.push(" FROM due WHERE d.id = due.id");
+                } else {
+                    qb.push(" WHERE id IN (");
+                    push_due(&mut qb);
+                    qb.push(")");
+                }
+                qb.push(returning);
+                let got: Vec<ClaimedRaw> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                rows.extend(got);
             }
-            qb.push(returning);
-            let rows: Vec<ClaimedRaw> = qb.build_query_as().fetch_all(&mut *tx).await?;
             for chunk in rows.chunks(ROWS_PER_INSERT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) ",
@@ -706,6 +789,40 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Endpoints with a rate limit, and the limit (requests per second).
+    pub async fn rate_limits(&self) -> Result<Vec<(String, i64)>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT id, rate_limit_per_s FROM endpoints \
+                 WHERE rate_limit_per_s IS NOT NULL AND deleted_at IS NULL",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Endpoints (not deleted) by breaker state, for metrics.
+    pub async fn breaker_counts(&self) -> Result<BreakerCounts> {
+        let rows: Vec<(String, bool, Option<String>, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT breaker_state, disabled, disabled_reason, COUNT(*) FROM endpoints \
+                 WHERE deleted_at IS NULL GROUP BY breaker_state, disabled, disabled_reason",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        let mut out = BreakerCounts::default();
+        for (state, disabled, reason, n) in rows {
+            match (disabled, reason.as_deref(), state.as_str()) {
+                (true, Some("breaker"), _) => out.disabled_by_breaker += n,
+                (true, _, _) => {}
+                (false, _, "open") => out.open += n,
+                (false, _, _) => out.closed += n,
+            }
+        }
+        Ok(out)
     }
 
     /// Hands back a claim whose attempt never started: the delivery returns
@@ -759,9 +876,25 @@ impl Store {
     /// deliveries cancelled in the same transaction. The attempt row is
     /// written even if the lease was lost meanwhile (the request did go
     /// out); the state is moved only while `owner` still holds the lease.
-    /// Returns whether it did.
-    pub async fn record_attempt(&self, rec: &AttemptRecord) -> Result<bool> {
+    ///
+    /// In the same transaction the endpoint's breaker takes the outcome
+    /// (see [`crate::breaker::next`]): it may open, close, or, after
+    /// continuous failure past `breaker.disable_after`, disable the endpoint
+    /// and give up its waiting deliveries (retry_scheduled → failed,
+    /// pending → cancelled, reason `breaker_disabled`).
+    pub async fn record_attempt(
+        &self,
+        rec: &AttemptRecord,
+        breaker: &BreakerPolicy,
+    ) -> Result<Recorded> {
         let to = rec.to;
+        let signal = breaker::Signal::of(rec.outcome);
+        let lock = if self.kind() == BackendKind::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let mut change = breaker::Change::None;
         debug_assert!(DeliveryState::can_transition(
             Some(DeliveryState::InFlight),
             to
@@ -782,7 +915,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, \
                  response_status, response_headers, response_body, response_truncated, duration_ms, \
                  outcome, error, started_at, finished_at) \
@@ -804,12 +937,13 @@ impl Store {
             .bind(rec.started_at)
             .bind(rec.finished_at)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
             if n > 0 {
                 insert_transition(&mut tx, &rec.delivery_id, Some(DeliveryState::InFlight), to,
                     rec.attempt, Some(rec.outcome), TransitionReason::Attempted, rec.finished_at).await?;
                 if let Some(endpoint) = &rec.disable_endpoint {
-                    sqlx::query("UPDATE endpoints SET disabled = $2, updated_at = $3 WHERE id = $1")
+                    sqlx::query("UPDATE endpoints SET disabled = $2, disabled_reason = 'gone', updated_at = $3 WHERE id = $1")
                         .bind(endpoint.as_str())
                         .bind(true)
                         .bind(rec.finished_at)
@@ -818,8 +952,101 @@ impl Store {
                     cancel_waiting(&mut tx, endpoint, rec.finished_at).await?;
                 }
             }
+            // The breaker takes every exchange that happened once, even one
+            // whose lease was lost meanwhile: it says how the receiver is.
+            if inserted > 0 && rec.disable_endpoint.is_none() && breaker.enabled()
+                && signal != breaker::Signal::Neutral
+            {
+                {
+                    let select = format!(
+                        "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
+                         breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1"
+                    );
+                    type BreakerRow = (String, i64, Option<i64>, Option<i64>, Option<i64>, bool, Option<String>);
+                    // Most attempts succeed against a healthy endpoint and
+                    // change nothing: read without a lock first, so those
+                    // never queue on the endpoint's row.
+                    let peek: Option<BreakerRow> = sqlx::query_as(&select)
+                        .bind(&rec.endpoint_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let idle = matches!(&peek, Some((state, 0, ..)) if state == "closed")
+                        && signal == breaker::Signal::Healthy;
+                    let row: Option<BreakerRow> = if idle || peek.is_none() || lock.is_empty() {
+                        if idle { None } else { peek }
+                    } else {
+                        sqlx::query_as(&format!("{select}{lock}"))
+                            .bind(&rec.endpoint_id)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                    };
+                    if let Some((state, failures, failing_since, opened_at, probe_at, disabled, reason)) = row {
+                        let before = Breaker {
+                            state: state.parse().map_err(StoreError::Corrupt)?,
+                            consecutive_failures: failures,
+                            failing_since,
+                            opened_at,
+                            probe_at,
+                        };
+                        let (after, c) = breaker::next(before, breaker, signal, rec.started_at, rec.finished_at);
+                        change = c;
+                        if after != before {
+                            sqlx::query(
+                                "UPDATE endpoints SET breaker_state = $2, consecutive_failures = $3, \
+                                 failing_since = $4, breaker_opened_at = $5, breaker_probe_at = $6 WHERE id = $1",
+                            )
+                            .bind(&rec.endpoint_id)
+                            .bind(after.state.as_str())
+                            .bind(after.consecutive_failures)
+                            .bind(after.failing_since)
+                            .bind(after.opened_at)
+                            .bind(after.probe_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        let by_breaker = disabled && reason.as_deref() == Some("breaker");
+                        let log = match c {
+                            breaker::Change::Opened => Some((before.state.as_str(), "open")),
+                            breaker::Change::Closed => Some((before.state.as_str(), "closed")),
+                            breaker::Change::Disable if !disabled => Some((before.state.as_str(), "disabled")),
+                            _ => None,
+                        };
+                        if let Some((from, to)) = log {
+                            sqlx::query(
+                                "INSERT INTO endpoint_breaker_transitions \
+                                 (endpoint_id, from_state, to_state, consecutive_failures, at) \
+                                 VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(&rec.endpoint_id)
+                            .bind(from)
+                            .bind(to)
+                            .bind(after.consecutive_failures)
+                            .bind(rec.finished_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        if c == breaker::Change::Disable && !disabled {
+                            sqlx::query(
+                                "UPDATE endpoints SET disabled = $2, disabled_reason = 'breaker', updated_at = $3 WHERE id = $1",
+                            )
+                            .bind(&rec.endpoint_id)
+                            .bind(true)
+                            .bind(rec.finished_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        // Give up what waits, including this delivery if it
+                        // was just rescheduled; an attempt that finishes
+                        // after the endpoint was disabled by the breaker is
+                        // given up the same way.
+                        if (c == breaker::Change::Disable && !disabled) || by_breaker {
+                            give_up_waiting(&mut tx, &rec.endpoint_id, rec.finished_at).await?;
+                        }
+                    }
+                }
+            }
             tx.commit().await?;
-            Ok(n > 0)
+            Ok(Recorded { moved: n > 0, breaker: change })
         })
     }
 
@@ -909,11 +1136,68 @@ impl Store {
 
 const ENDPOINT_SELECT_BY_ID: &str =
     "SELECT id, url, description, event_types, disabled, rate_limit_per_s, profile, \
-     deleted_at, created_at, updated_at FROM endpoints WHERE id = $1";
+     deleted_at, created_at, updated_at, breaker_state, consecutive_failures, failing_since, \
+     breaker_opened_at, breaker_probe_at, disabled_reason FROM endpoints WHERE id = $1";
 
 const DELIVERY_SELECT: &str =
     "SELECT id, event_id, endpoint_id, state, attempt_count, next_attempt_at, lease_expires_at, \
      last_outcome, created_at, updated_at FROM deliveries";
+
+/// The breaker disabled the endpoint: its deliveries waiting for a retry
+/// fail, those never attempted are cancelled, each transition recorded with
+/// the reason `breaker_disabled`. In-flight ones finish their attempt.
+async fn give_up_waiting<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    i64: for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let rows = sqlx::query(
+        "UPDATE deliveries SET claimed_from = state, \
+         state = CASE WHEN state = 'retry_scheduled' THEN 'failed' ELSE 'cancelled' END, \
+         next_attempt_at = NULL, updated_at = $2 \
+         WHERE endpoint_id = $1 AND state IN ('pending', 'retry_scheduled') \
+         RETURNING id, attempt_count, claimed_from, state",
+    )
+    .bind(endpoint_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut moved = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let attempt: i64 = r.try_get(1)?;
+        let from = parse_state(&r.try_get::<String, _>(2)?)?;
+        let to = parse_state(&r.try_get::<String, _>(3)?)?;
+        debug_assert!(DeliveryState::can_transition(Some(from), to));
+        moved.push((id, attempt, from, to));
+    }
+    // One row at a time: this runs once per endpoint the breaker disables.
+    for (id, attempt, from, to) in moved {
+        insert_transition(
+            tx,
+            &id,
+            Some(from),
+            to,
+            attempt,
+            None,
+            TransitionReason::BreakerDisabled,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
 
 /// Cancels an endpoint's deliveries that wait for an attempt, recording
 /// each transition. In-flight ones finish their attempt.

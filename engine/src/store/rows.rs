@@ -34,6 +34,14 @@ pub struct EndpointRow {
     pub deleted_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// `closed` or `open` (see `crate::breaker`).
+    pub breaker_state: String,
+    pub consecutive_failures: i64,
+    pub failing_since: Option<i64>,
+    pub breaker_opened_at: Option<i64>,
+    pub breaker_probe_at: Option<i64>,
+    /// `operator`, `gone` (410) or `breaker`, while disabled.
+    pub disabled_reason: Option<String>,
 }
 
 impl EndpointRow {
@@ -186,11 +194,54 @@ pub(crate) struct ClaimedRaw {
     pub claimed_from: String,
 }
 
+/// What [`crate::store::Store::claim_with`] may lease in one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimSpec<'a> {
+    /// The worker taking the lease.
+    pub owner: &'a str,
+    pub now: i64,
+    pub lease_until: i64,
+    /// Most deliveries to lease in all.
+    pub limit: i64,
+    /// Endpoints left alone (saturated here, or rate-limited: those are
+    /// claimed only through `quotas`).
+    pub skip_endpoints: &'a [String],
+    /// Endpoints claimed separately, at most this many each (what their
+    /// rate limit and concurrency cap allow now).
+    pub quotas: &'a [(String, i64)],
+    /// With the breaker on: how long a probe slot lasts. Each open endpoint
+    /// whose probe is due gets one delivery leased as its probe, and its
+    /// next probe moved this far out.
+    pub probe_interval_ms: Option<i64>,
+}
+
+/// What recording an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Whether the delivery moved (false: the lease was lost meanwhile).
+    pub moved: bool,
+    /// What happened to the endpoint's breaker.
+    pub breaker: crate::breaker::Change,
+}
+
+/// Endpoints by breaker state, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BreakerCounts {
+    /// Enabled, breaker closed.
+    pub closed: i64,
+    /// Enabled, breaker open.
+    pub open: i64,
+    /// Disabled by the breaker.
+    pub disabled_by_breaker: i64,
+}
+
 /// A finished attempt, ready to persist (built by the worker from a
 /// completed attempt; see `worker::Completed`).
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: String,
+    /// The delivery's endpoint (its breaker is updated with the outcome).
+    pub endpoint_id: String,
     /// The worker that held the lease.
     pub owner: String,
     pub attempt: i64,
