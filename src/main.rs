@@ -96,6 +96,9 @@ struct ServeArgs {
     /// Allow deliveries to this range despite the SSRF guard (repeatable), e.g. 127.0.0.0/8.
     #[arg(long = "allow-cidr")]
     allow_cidr: Vec<String>,
+    /// Send every delivery through this HTTP forward proxy (the tee proxy's egress listener).
+    #[arg(long)]
+    egress_proxy: Option<String>,
 }
 
 #[tokio::main]
@@ -137,6 +140,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !args.allow_cidr.is_empty() {
                 cfg.worker.allow_cidrs = args.allow_cidr;
+            }
+            if let Some(proxy) = args.egress_proxy {
+                cfg.worker.egress_proxy = Some(proxy);
             }
             let cfg = cfg.validate()?;
             engine::server::run(cfg, shutdown_signal())

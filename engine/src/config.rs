@@ -53,6 +53,9 @@ pub struct WorkerSection {
     pub drain_timeout: String,
     /// The endpoint circuit breaker (`[worker.breaker]`).
     pub breaker: BreakerSection,
+    /// HTTP forward proxy for every delivery, e.g. the tee proxy's egress
+    /// listener `http://127.0.0.1:9091`.
+    pub egress_proxy: Option<String>,
 }
 
 impl Default for WorkerSection {
@@ -66,6 +69,7 @@ impl Default for WorkerSection {
             allow_cidrs: Vec::new(),
             drain_timeout: "20s".into(),
             breaker: BreakerSection::default(),
+            egress_proxy: None,
         }
     }
 }
@@ -245,6 +249,7 @@ impl EngineConfig {
                 }
                 "HOOKSHIFT_WORKER_MAX_IN_FLIGHT" => self.worker.max_in_flight = num(&var, &value)?,
                 "HOOKSHIFT_WORKER_PER_ENDPOINT" => self.worker.per_endpoint = num(&var, &value)?,
+                "HOOKSHIFT_WORKER_EGRESS_PROXY" => self.worker.egress_proxy = Some(value),
                 _ => {}
             }
         }
@@ -357,6 +362,17 @@ impl EngineConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(p) = &w.egress_proxy {
+            let ok = reqwest::Url::parse(p)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    "worker.egress_proxy",
+                    format!("`{p}` is not a proxy URL like http://127.0.0.1:9091"),
+                ));
+            }
+        }
         if w.max_in_flight == 0 || w.per_endpoint == 0 {
             return Err(invalid(
                 "worker.max_in_flight",

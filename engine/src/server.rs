@@ -57,6 +57,7 @@ impl Engine {
             let sender = Sender::new(SenderConfig {
                 body_cap: config.raw.response_body_cap_bytes,
                 allow_cidrs: config.allow_cidrs.clone(),
+                egress_proxy: config.raw.worker.egress_proxy.clone(),
                 ..SenderConfig::default()
             })
             .context("building the HTTP client")?;

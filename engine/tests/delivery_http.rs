@@ -32,6 +32,7 @@ fn sender_with(allow: &[&str], body_cap: usize) -> Sender {
         body_cap,
         allow_cidrs: allow.iter().map(|c| c.parse().unwrap()).collect(),
         pool_idle_per_host: 4,
+        ..SenderConfig::default()
     })
     .unwrap()
 }
@@ -985,4 +986,75 @@ async fn connections_are_reused_across_sends() {
         assert_eq!(ex.outcome, Outcome::Delivered { status: 200 });
     }
     assert_eq!(rx.conns.load(Ordering::SeqCst), 1);
+}
+
+// ------------------------------------------------------------ egress proxy
+
+/// A one-shot forward proxy: answers the first request with 200 and keeps
+/// its request head, so a test can see the absolute-form target.
+async fn recording_proxy() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn deliveries_go_through_the_egress_proxy() {
+    let (proxy, head) = recording_proxy().await;
+    let sender = Sender::new(SenderConfig {
+        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        egress_proxy: Some(format!("http://{proxy}")),
+        ..SenderConfig::default()
+    })
+    .unwrap();
+    // Nothing listens on this port: only the proxy can have answered.
+    let ex = sender.send(request("http://127.0.0.1:9/hook")).await;
+    assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    let head = head.await.unwrap();
+    assert!(
+        head.starts_with("POST http://127.0.0.1:9/hook HTTP/1.1\r\n"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn the_guard_still_applies_behind_a_proxy() {
+    let (proxy, mut head) = recording_proxy().await;
+    let sender = Sender::new(SenderConfig {
+        egress_proxy: Some(format!("http://{proxy}")),
+        ..SenderConfig::default()
+    })
+    .unwrap();
+    // A name that resolves to loopback, and a private literal: both refused
+    // before anything is sent to the proxy.
+    for url in ["http://localhost:9/hook", "http://10.1.2.3/hook"] {
+        let ex = sender.send(request(url)).await;
+        assert_eq!(ex.outcome, Outcome::BlockedDestination, "{url}: {ex:?}");
+    }
+    // A request sent to the proxy would have been answered only after the
+    // proxy recorded it, so an empty channel now means none was sent.
+    assert!(
+        matches!(
+            head.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ),
+        "the proxy saw a request"
+    );
 }

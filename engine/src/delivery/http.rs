@@ -57,6 +57,12 @@ pub struct SenderConfig {
     pub allow_cidrs: Vec<ipnet::IpNet>,
     /// Idle keep-alive connections kept per host, per client.
     pub pool_idle_per_host: usize,
+    /// Send every delivery through this HTTP forward proxy (the tee proxy's
+    /// egress listener). The proxy resolves the destination, not us, so
+    /// [`Sender::send`] resolves and checks the destination host itself
+    /// first. The proxy's own address should be an IP literal: a name would
+    /// go through the guarded resolver like any destination.
+    pub egress_proxy: Option<String>,
 }
 
 impl Default for SenderConfig {
@@ -65,6 +71,7 @@ impl Default for SenderConfig {
             body_cap: DEFAULT_BODY_CAP,
             allow_cidrs: Vec::new(),
             pool_idle_per_host: 32,
+            egress_proxy: None,
         }
     }
 }
@@ -74,6 +81,9 @@ impl Default for SenderConfig {
 pub enum SenderError {
     #[error("could not build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// The egress proxy URL is not usable.
+    #[error("invalid egress proxy URL: {0}")]
+    Proxy(#[source] reqwest::Error),
 }
 
 /// One delivery request, fully built and signed.
@@ -214,6 +224,9 @@ pub struct Sender {
     clients: [reqwest::Client; 4],
     guard: Arc<Guard>,
     body_cap: usize,
+    /// Whether deliveries go through an egress proxy (then names are
+    /// resolved and checked before sending).
+    proxied: bool,
 }
 
 impl fmt::Debug for Sender {
@@ -235,8 +248,12 @@ impl Sender {
             } else {
                 redirect::Policy::none()
             };
-            let mut b = reqwest::Client::builder()
-                .no_proxy()
+            let mut b = reqwest::Client::builder();
+            b = match &cfg.egress_proxy {
+                Some(url) => b.proxy(reqwest::Proxy::all(url).map_err(SenderError::Proxy)?),
+                None => b.no_proxy(),
+            };
+            let mut b = b
                 .dns_resolver(resolver.clone())
                 .redirect(policy)
                 .referer(false)
@@ -255,6 +272,7 @@ impl Sender {
             ],
             guard,
             body_cap: cfg.body_cap,
+            proxied: cfg.egress_proxy.is_some(),
         })
     }
 
@@ -284,6 +302,28 @@ impl Sender {
         if let Some(ip) = literal_ip(&url) {
             if let Err(blocked) = self.guard.check(&ip.to_string(), ip) {
                 return Partial::failed(Outcome::BlockedDestination, blocked.to_string());
+            }
+        } else if self.proxied {
+            // Through a proxy reqwest never resolves the destination, so the
+            // guarded resolver would not see it: resolve and check here.
+            let host = url.host_str().unwrap_or_default();
+            let check =
+                tokio::time::timeout_at(deadline, GuardedResolver::resolve_host(&self.guard, host));
+            match check.await {
+                Err(_) => {
+                    return Partial::failed(
+                        Outcome::Timeout,
+                        "deadline passed while resolving the destination".into(),
+                    )
+                }
+                Ok(Err(e)) => {
+                    let outcome = match e.downcast_ref::<BlockedDestination>() {
+                        Some(_) => Outcome::BlockedDestination,
+                        None => Outcome::ConnectError,
+                    };
+                    return Partial::failed(outcome, e.to_string());
+                }
+                Ok(Ok(_)) => {}
             }
         }
 

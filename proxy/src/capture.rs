@@ -1,0 +1,741 @@
+//! The capture store: what the proxy saw, for the comparator.
+//!
+//! One [`CaptureStore`] over SQLite (`sqlite://PATH`, created if missing, WAL)
+//! or PostgreSQL (`postgres://…`), with the schema in
+//! `proxy/migrations/{sqlite,postgres}/0001_captures.sql` (its comments are
+//! the contract the comparator reads). The store is append-only.
+//!
+//! Exchanges are written by one background writer task that batches whatever
+//! is queued into one transaction, so the proxy's hot path never waits on
+//! disk more than one commit: [`CaptureStore::insert_egress`] resolves once
+//! the row is committed (callers answer their client first, then await it,
+//! then count it in metrics), [`CaptureStore::offer_ingress`] never waits
+//! at all (a full queue drops the row and says so). Ramp changes are written
+//! directly: they are rare and the caller must know they are durable.
+//!
+//! [`export_jsonl`] writes every row as one JSON object per line.
+
+use base64::Engine as _;
+use futures::TryStreamExt as _;
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The schema version written to `capture_meta`.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Most rows one writer transaction carries.
+const MAX_BATCH: usize = 512;
+
+/// Rows queued for the writer before [`CaptureStore::offer_ingress`] drops.
+const WRITER_QUEUE: usize = 16 * 1024;
+
+/// A capture store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The database said no.
+    #[error("capture store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("capture store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL is neither SQLite nor PostgreSQL.
+    #[error("unsupported capture store URL (expected sqlite://PATH or postgres://…)")]
+    UnsupportedUrl,
+    /// The background writer has stopped (the store was closed).
+    #[error("capture writer stopped")]
+    WriterGone,
+    /// Writing an export failed.
+    #[error("writing the export: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, CaptureError>;
+
+/// Which sender spoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderName {
+    /// The legacy sender.
+    Legacy,
+    /// The new engine.
+    Engine,
+}
+
+impl SenderName {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderName::Legacy => "legacy",
+            SenderName::Engine => "engine",
+        }
+    }
+
+    /// The other sender.
+    pub fn other(self) -> SenderName {
+        match self {
+            SenderName::Legacy => SenderName::Engine,
+            SenderName::Engine => SenderName::Legacy,
+        }
+    }
+
+    /// Parses `legacy` or `engine`.
+    pub fn parse(s: &str) -> Option<SenderName> {
+        match s {
+            "legacy" => Some(SenderName::Legacy),
+            "engine" => Some(SenderName::Engine),
+            _ => None,
+        }
+    }
+}
+
+/// One outbound attempt seen by an egress listener (see the schema comment
+/// on `egress_exchanges` for each column's meaning).
+#[derive(Debug, Clone, Default)]
+pub struct EgressRecord {
+    pub sender: &'static str,
+    pub role: &'static str,
+    pub source: &'static str,
+    pub event_id: Option<String>,
+    pub endpoint_url: String,
+    pub attempt: i64,
+    pub ramp_bp: i64,
+    pub method: String,
+    pub target: String,
+    pub http_version: String,
+    /// `[name, value]` pairs as received.
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub response_status: Option<i64>,
+    pub response_headers: Option<Vec<(String, String)>>,
+    pub response_body: Option<Vec<u8>>,
+    pub fault: Option<&'static str>,
+    pub latency_us: i64,
+    pub started_at: i64,
+    pub note: Option<String>,
+}
+
+/// One producer API call seen by the ingress tee.
+#[derive(Debug, Clone, Default)]
+pub struct IngressRecord {
+    pub method: String,
+    pub path: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub event_id: Option<String>,
+    pub injected_id: bool,
+    pub primary_sender: &'static str,
+    pub primary_status: Option<i64>,
+    pub primary_headers: Option<Vec<(String, String)>>,
+    pub primary_body: Option<Vec<u8>>,
+    pub primary_latency_us: i64,
+    pub primary_error: Option<String>,
+    pub shadow_status: Option<i64>,
+    pub shadow_headers: Option<Vec<(String, String)>>,
+    pub shadow_body: Option<Vec<u8>>,
+    pub shadow_latency_us: Option<i64>,
+    pub shadow_error: Option<String>,
+    pub at: i64,
+}
+
+/// One row of the ramp's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RampChange {
+    pub seq: i64,
+    pub at: i64,
+    pub from_bp: u32,
+    pub to_bp: u32,
+    pub reason: String,
+    pub actor: String,
+}
+
+enum Write {
+    Egress(Box<EgressRecord>),
+    Ingress(Box<IngressRecord>),
+}
+
+struct Job {
+    write: Write,
+    done: Option<oneshot::Sender<std::result::Result<(), String>>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per backend with `$pool` bound to that backend's pool.
+macro_rules! with_pool {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The capture store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct CaptureStore {
+    backend: Backend,
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for CaptureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureStore").finish_non_exhaustive()
+    }
+}
+
+impl CaptureStore {
+    /// Opens (creating a SQLite file if missing) and migrates the store, and
+    /// starts its writer task.
+    pub async fn open(url: &str) -> Result<CaptureStore> {
+        Self::open_with(url, None).await
+    }
+
+    /// Like [`CaptureStore::open`], with PostgreSQL's `search_path` set to
+    /// `schema` (tests isolate themselves in a fresh schema).
+    pub async fn open_with(url: &str, pg_schema: Option<&str>) -> Result<CaptureStore> {
+        let backend = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // NORMAL under WAL survives a process crash; batches keep
+                // the commit rate low anyway.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            let memory = url.contains(":memory:");
+            let pool = SqlitePoolOptions::new()
+                .max_connections(if memory { 1 } else { 4 })
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Backend::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut opts = PgConnectOptions::from_str(url)?;
+            if let Some(schema) = pg_schema {
+                opts = opts.options([("search_path", schema)]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Backend::Postgres(pool)
+        } else {
+            return Err(CaptureError::UnsupportedUrl);
+        };
+        let now = now_ms().to_string();
+        with_pool!(&backend, pool => {
+            for (k, v) in [("schema_version", SCHEMA_VERSION), ("created_at", now.as_str())] {
+                sqlx::query("INSERT INTO capture_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(k)
+                    .bind(v)
+                    .execute(pool)
+                    .await?;
+            }
+        });
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(writer(backend.clone(), rx));
+        Ok(CaptureStore { backend, tx })
+    }
+
+    /// Records an egress exchange; resolves once it is committed.
+    pub async fn insert_egress(&self, rec: EgressRecord) -> Result<()> {
+        self.submit(Write::Egress(Box::new(rec))).await
+    }
+
+    /// Records an ingress exchange; resolves once it is committed.
+    pub async fn insert_ingress(&self, rec: IngressRecord) -> Result<()> {
+        self.submit(Write::Ingress(Box::new(rec))).await
+    }
+
+    /// Queues an ingress exchange without waiting. Returns false (the row is
+    /// lost) when the writer's queue is full.
+    pub fn offer_ingress(&self, rec: IngressRecord) -> bool {
+        self.tx
+            .try_send(Job {
+                write: Write::Ingress(Box::new(rec)),
+                done: None,
+            })
+            .is_ok()
+    }
+
+    async fn submit(&self, write: Write) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job {
+                write,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| CaptureError::WriterGone)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CaptureError::Database(sqlx::Error::Protocol(e))),
+            Err(_) => Err(CaptureError::WriterGone),
+        }
+    }
+
+    /// Appends a ramp change; the latest row is the current stage.
+    pub async fn insert_ramp_change(
+        &self,
+        at: i64,
+        from_bp: u32,
+        to_bp: u32,
+        reason: &str,
+        actor: &str,
+    ) -> Result<RampChange> {
+        let seq: i64 = with_pool!(&self.backend, pool => {
+            sqlx::query("INSERT INTO ramp_changes (at, from_bp, to_bp, reason, actor) VALUES ($1, $2, $3, $4, $5) RETURNING seq")
+                .bind(at)
+                .bind(from_bp as i64)
+                .bind(to_bp as i64)
+                .bind(reason)
+                .bind(actor)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?
+        });
+        Ok(RampChange {
+            seq,
+            at,
+            from_bp,
+            to_bp,
+            reason: reason.to_string(),
+            actor: actor.to_string(),
+        })
+    }
+
+    /// The latest ramp change, if the stage was ever set.
+    pub async fn latest_ramp(&self) -> Result<Option<RampChange>> {
+        Ok(self.ramp_history(1).await?.into_iter().next())
+    }
+
+    /// The last `limit` ramp changes, newest first.
+    pub async fn ramp_history(&self, limit: i64) -> Result<Vec<RampChange>> {
+        with_pool!(&self.backend, pool => {
+            let rows = sqlx::query(
+                "SELECT seq, at, from_bp, to_bp, reason, actor FROM ramp_changes ORDER BY seq DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(RampChange {
+                        seq: r.try_get("seq")?,
+                        at: r.try_get("at")?,
+                        from_bp: r.try_get::<i64, _>("from_bp")? as u32,
+                        to_bp: r.try_get::<i64, _>("to_bp")? as u32,
+                        reason: r.try_get("reason")?,
+                        actor: r.try_get("actor")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// A value from `capture_meta`.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        with_pool!(&self.backend, pool => {
+            Ok(sqlx::query("SELECT value FROM capture_meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?)
+        })
+    }
+
+    /// Every egress row, oldest first, as export objects (tests and small
+    /// tools; the export streams instead).
+    pub async fn egress_rows(&self) -> Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        self.export_table(Table::Egress, &mut |v| {
+            out.push(v);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every ingress row, oldest first, as export objects.
+    pub async fn ingress_rows(&self) -> Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        self.export_table(Table::Ingress, &mut |v| {
+            out.push(v);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn export_table(
+        &self,
+        table: Table,
+        emit: &mut dyn FnMut(serde_json::Value) -> Result<()>,
+    ) -> Result<()> {
+        let sql = match table {
+            Table::Egress => "SELECT * FROM egress_exchanges ORDER BY seq",
+            Table::Ingress => "SELECT * FROM ingress_exchanges ORDER BY seq",
+            Table::Ramp => "SELECT * FROM ramp_changes ORDER BY seq",
+        };
+        with_pool!(&self.backend, pool => {
+            let mut rows = sqlx::query(sql).fetch(pool);
+            while let Some(row) = rows.try_next().await? {
+                let mut obj = serde_json::Map::new();
+                obj.insert("kind".into(), table.kind().into());
+                for (name, ty) in table.columns() {
+                    let v = match ty {
+                        Col::Int => row.try_get::<Option<i64>, _>(*name)?.map(Into::into),
+                        Col::Text => row.try_get::<Option<String>, _>(*name)?.map(Into::into),
+                        Col::Headers => row
+                            .try_get::<Option<String>, _>(*name)?
+                            .map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))),
+                        Col::Bytes => {
+                            let b = row.try_get::<Option<Vec<u8>>, _>(*name)?;
+                            if let Some(text) = b.as_deref().and_then(|b| std::str::from_utf8(b).ok()) {
+                                obj.insert(format!("{name}_text"), text.into());
+                            }
+                            b.map(|b| base64::engine::general_purpose::STANDARD.encode(b).into())
+                        }
+                    };
+                    obj.insert((*name).into(), v.unwrap_or(serde_json::Value::Null));
+                }
+                emit(serde_json::Value::Object(obj))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Closes the pool. Rows still queued for the writer are committed first
+    /// only if every clone of the store was dropped; callers that need them
+    /// await their inserts.
+    pub async fn close(&self) {
+        with_pool!(&self.backend, pool => pool.close().await)
+    }
+}
+
+/// Writes every row of the store as JSON lines: egress exchanges, then
+/// ingress exchanges, then ramp changes, each with a `kind` field
+/// (`egress`, `ingress`, `ramp`). Bodies are base64, with a `<column>_text`
+/// field beside them when they are valid UTF-8; header lists are JSON arrays.
+/// Returns the number of rows written.
+pub async fn export_jsonl(store: &CaptureStore, out: &mut dyn std::io::Write) -> Result<u64> {
+    let mut n = 0u64;
+    for table in [Table::Egress, Table::Ingress, Table::Ramp] {
+        store
+            .export_table(table, &mut |v| {
+                serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+                n += 1;
+                Ok(())
+            })
+            .await?;
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+#[derive(Clone, Copy)]
+enum Table {
+    Egress,
+    Ingress,
+    Ramp,
+}
+
+#[derive(Clone, Copy)]
+enum Col {
+    Int,
+    Text,
+    Headers,
+    Bytes,
+}
+
+impl Table {
+    fn kind(self) -> &'static str {
+        match self {
+            Table::Egress => "egress",
+            Table::Ingress => "ingress",
+            Table::Ramp => "ramp",
+        }
+    }
+
+    fn columns(self) -> &'static [(&'static str, Col)] {
+        use Col::*;
+        match self {
+            Table::Egress => &[
+                ("seq", Int),
+                ("sender", Text),
+                ("role", Text),
+                ("source", Text),
+                ("event_id", Text),
+                ("endpoint_url", Text),
+                ("attempt", Int),
+                ("ramp_bp", Int),
+                ("method", Text),
+                ("target", Text),
+                ("http_version", Text),
+                ("request_headers", Headers),
+                ("request_body", Bytes),
+                ("response_status", Int),
+                ("response_headers", Headers),
+                ("response_body", Bytes),
+                ("fault", Text),
+                ("latency_us", Int),
+                ("started_at", Int),
+                ("note", Text),
+            ],
+            Table::Ingress => &[
+                ("seq", Int),
+                ("method", Text),
+                ("path", Text),
+                ("request_headers", Headers),
+                ("request_body", Bytes),
+                ("event_id", Text),
+                ("injected_id", Int),
+                ("primary_sender", Text),
+                ("primary_status", Int),
+                ("primary_headers", Headers),
+                ("primary_body", Bytes),
+                ("primary_latency_us", Int),
+                ("primary_error", Text),
+                ("shadow_status", Int),
+                ("shadow_headers", Headers),
+                ("shadow_body", Bytes),
+                ("shadow_latency_us", Int),
+                ("shadow_error", Text),
+                ("at", Int),
+            ],
+            Table::Ramp => &[
+                ("seq", Int),
+                ("at", Int),
+                ("from_bp", Int),
+                ("to_bp", Int),
+                ("reason", Text),
+                ("actor", Text),
+            ],
+        }
+    }
+}
+
+fn headers_json(h: &[(String, String)]) -> String {
+    serde_json::to_string(h).unwrap_or_else(|_| "[]".into())
+}
+
+/// The writer: takes one job, drains whatever else is queued (up to
+/// [`MAX_BATCH`]), commits them in one transaction, then acknowledges each.
+async fn writer(backend: Backend, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut result = write_batch(&backend, &batch).await;
+        if result.is_err() {
+            // One retry covers a transient lock; a second failure is logged
+            // and reported to every waiter.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            result = write_batch(&backend, &batch).await;
+        }
+        let outcome = result.map_err(|e| {
+            tracing::error!(error = %e, rows = batch.len(), "capture write failed");
+            e.to_string()
+        });
+        for job in batch.drain(..) {
+            if let Some(done) = job.done {
+                let _ = done.send(outcome.clone());
+            }
+        }
+    }
+}
+
+async fn write_batch(backend: &Backend, batch: &[Job]) -> std::result::Result<(), sqlx::Error> {
+    with_pool!(backend, pool => {
+        let mut tx = pool.begin().await?;
+        for job in batch {
+            match &job.write {
+                Write::Egress(r) => {
+                    sqlx::query(
+                        "INSERT INTO egress_exchanges (sender, role, source, event_id, endpoint_url, attempt, ramp_bp, \
+                         method, target, http_version, request_headers, request_body, response_status, response_headers, \
+                         response_body, fault, latency_us, started_at, note) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                    )
+                    .bind(r.sender)
+                    .bind(r.role)
+                    .bind(r.source)
+                    .bind(&r.event_id)
+                    .bind(&r.endpoint_url)
+                    .bind(r.attempt)
+                    .bind(r.ramp_bp)
+                    .bind(&r.method)
+                    .bind(&r.target)
+                    .bind(&r.http_version)
+                    .bind(headers_json(&r.request_headers))
+                    .bind(&r.request_body)
+                    .bind(r.response_status)
+                    .bind(r.response_headers.as_deref().map(headers_json))
+                    .bind(&r.response_body)
+                    .bind(r.fault)
+                    .bind(r.latency_us)
+                    .bind(r.started_at)
+                    .bind(&r.note)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Write::Ingress(r) => {
+                    sqlx::query(
+                        "INSERT INTO ingress_exchanges (method, path, request_headers, request_body, event_id, injected_id, \
+                         primary_sender, primary_status, primary_headers, primary_body, primary_latency_us, primary_error, \
+                         shadow_status, shadow_headers, shadow_body, shadow_latency_us, shadow_error, at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                    )
+                    .bind(&r.method)
+                    .bind(&r.path)
+                    .bind(headers_json(&r.request_headers))
+                    .bind(&r.request_body)
+                    .bind(&r.event_id)
+                    .bind(r.injected_id as i64)
+                    .bind(r.primary_sender)
+                    .bind(r.primary_status)
+                    .bind(r.primary_headers.as_deref().map(headers_json))
+                    .bind(&r.primary_body)
+                    .bind(r.primary_latency_us)
+                    .bind(&r.primary_error)
+                    .bind(r.shadow_status)
+                    .bind(r.shadow_headers.as_deref().map(headers_json))
+                    .bind(&r.shadow_body)
+                    .bind(r.shadow_latency_us)
+                    .bind(&r.shadow_error)
+                    .bind(r.at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await
+    })
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn stores() -> Vec<(CaptureStore, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let mut out = vec![(CaptureStore::open(&url).await.unwrap(), Some(dir))];
+        if let Some(pg) = crate::testing::postgres_url() {
+            let schema = crate::testing::fresh_pg_schema(&pg).await;
+            out.push((
+                CaptureStore::open_with(&pg, Some(&schema)).await.unwrap(),
+                None,
+            ));
+        }
+        out
+    }
+
+    fn egress(body: &[u8]) -> EgressRecord {
+        EgressRecord {
+            sender: "legacy",
+            role: "primary",
+            source: "receiver",
+            event_id: Some("evt_1".into()),
+            endpoint_url: "http://127.0.0.1:1/hook".into(),
+            attempt: 1,
+            ramp_bp: 2500,
+            method: "POST".into(),
+            target: "http://127.0.0.1:1/hook".into(),
+            http_version: "HTTP/1.1".into(),
+            request_headers: vec![
+                ("X-Event-Id".into(), "evt_1".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            request_body: body.to_vec(),
+            response_status: Some(500),
+            response_headers: Some(vec![("Content-Length".into(), "0".into())]),
+            response_body: Some(Vec::new()),
+            fault: None,
+            latency_us: 1234,
+            started_at: 1_700_000_000_000,
+            note: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_round_trip_through_the_export_on_both_backends() {
+        for (store, _dir) in stores().await {
+            assert_eq!(
+                store.meta("schema_version").await.unwrap().as_deref(),
+                Some("1")
+            );
+            store.insert_egress(egress(b"{\"a\":1}")).await.unwrap();
+            store.insert_egress(egress(&[0xff, 0x00])).await.unwrap();
+            store
+                .insert_ingress(IngressRecord {
+                    method: "POST".into(),
+                    path: "/v1/events".into(),
+                    primary_sender: "legacy",
+                    request_body: b"{}".to_vec(),
+                    shadow_error: Some("dropped: queue full".into()),
+                    ..IngressRecord::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(store.latest_ramp().await.unwrap(), None);
+            store
+                .insert_ramp_change(1, 0, 2500, "start", "cli")
+                .await
+                .unwrap();
+            store
+                .insert_ramp_change(2, 2500, 0, "rollback", "cli")
+                .await
+                .unwrap();
+            assert_eq!(store.latest_ramp().await.unwrap().unwrap().to_bp, 0);
+
+            let mut out = Vec::new();
+            let n = export_jsonl(&store, &mut out).await.unwrap();
+            assert_eq!(n, 5);
+            let lines: Vec<serde_json::Value> = String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+            assert_eq!(kinds, ["egress", "egress", "ingress", "ramp", "ramp"]);
+            assert_eq!(lines[0]["request_body"], "eyJhIjoxfQ==");
+            assert_eq!(lines[0]["request_body_text"], "{\"a\":1}");
+            assert_eq!(lines[0]["request_headers"][0][0], "X-Event-Id");
+            assert_eq!(lines[0]["response_status"], 500);
+            assert_eq!(lines[1]["request_body"], "/wA=");
+            assert!(lines[1].get("request_body_text").is_none(), "not UTF-8");
+            assert_eq!(lines[2]["shadow_error"], "dropped: queue full");
+            assert_eq!(lines[2]["shadow_status"], serde_json::Value::Null);
+            assert_eq!(lines[4]["to_bp"], 0);
+        }
+    }
+}
