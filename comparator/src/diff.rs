@@ -996,35 +996,46 @@ fn diff_outcome(
         return;
     }
     let delivered = lo == Outcome::Delivered || ro == Outcome::Delivered;
-    // A success one side recorded while the exchange shows the body never
-    // completed is the legacy's early-success bug.
-    let incomplete = |a: &Attempt| {
-        a.exchange.as_ref().is_some_and(|e| {
-            e.fault.is_some() || e.note.as_deref().is_some_and(|n| n.contains("partial"))
-        })
+    // A success recorded while the egress saw the exchange fail is the
+    // legacy's early-success bug: with a response head it is success before
+    // the body was read; without one, a timeout recorded as success.
+    let (who, succeeded) = if lo == Outcome::Delivered {
+        (lname, la)
+    } else {
+        (rname, ra)
     };
-    let early = delivered
-        && ((lo == Outcome::Delivered && incomplete(la))
-            || (ro == Outcome::Delivered && incomplete(ra)));
-    let (summary, rule) = if early {
-        let who = if lo == Outcome::Delivered { lname } else { rname };
-        (
+    let seen = succeeded.exchange.as_ref().filter(|_| delivered);
+    let partial = seen.is_some_and(|e| {
+        e.fault.is_some() || e.note.as_deref().is_some_and(|n| n.contains("partial"))
+    });
+    let (summary, rule) = match seen {
+        Some(e) if partial && e.response_status.is_some() => (
             format!(
-                "the {who} recorded success although the exchange shows the response never completed ({} vs {}): success recorded before the body was read",
+                "the {who} recorded success after a {} whose body never completed ({}): success recorded before the body was read; {lname} {}, {rname} {}",
+                e.response_status.unwrap_or(0),
+                e.fault.as_deref().or(e.note.as_deref()).unwrap_or("partial body"),
                 lo.as_str(),
                 ro.as_str()
             ),
             "outcome.success_before_body",
-        )
-    } else {
-        (
+        ),
+        Some(e) if partial => (
+            format!(
+                "the {who} recorded success although the exchange ended in {} with no response; {lname} {}, {rname} {}",
+                e.fault.as_deref().unwrap_or("a fault"),
+                lo.as_str(),
+                ro.as_str()
+            ),
+            "outcome.fault_as_success",
+        ),
+        _ => (
             format!(
                 "for the same exchange the {lname} recorded {} and the {rname} {}",
                 lo.as_str(),
                 ro.as_str()
             ),
             "outcome.class",
-        )
+        ),
     };
     push(
         out,

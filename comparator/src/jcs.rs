@@ -551,10 +551,11 @@ mod tests {
 
     #[test]
     fn canonical_form() {
-        let input = br#" { "b" : [1.0, "\u003cx\u003e", "\u00e9\n"], "a": {"\u20ac": 1, "\ud83d\ude00": 2, "z": null} } "#;
+        let input = br#" { "b" : [1.0, "\u003cx\u003e", "\u00e9\n"], "a": {"\ufb02": 3, "\u20ac": 1, "\ud83d\ude00": 2, "z": null} } "#;
         assert_eq!(
             canonicalize(input).unwrap(),
-            "{\"a\":{\"z\":null,\"\u{1F600}\":2,\"\u{20AC}\":1},\"b\":[1,\"<x>\",\"\u{e9}\\n\"]}"
+            // RFC 8785 sorts by UTF-16 code units: U+1F600 (D83D DE00) before U+FB02.
+            "{\"a\":{\"z\":null,\"\u{20AC}\":1,\"\u{1F600}\":2,\"\u{FB02}\":3},\"b\":[1,\"<x>\",\"\u{e9}\\n\"]}"
         );
         assert!(canonicalize(b"{\"a\":1").is_err());
         assert!(canonicalize(b"[1e999]").is_err());
