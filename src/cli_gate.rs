@@ -53,7 +53,10 @@ pub async fn run(cmd: GateCommand) -> anyhow::Result<u8> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
-    let base = args.proxy.as_deref().map(|p| p.trim_end_matches('/').to_owned());
+    let base = args
+        .proxy
+        .as_deref()
+        .map(|p| p.trim_end_matches('/').to_owned());
     let (current, since) = match (&base, args.current) {
         (_, Some(c)) => (c, None),
         (Some(base), None) => {
@@ -72,7 +75,9 @@ pub async fn run(cmd: GateCommand) -> anyhow::Result<u8> {
                 .with_context(|| format!("GET {url}: not a ramp state"))?;
             (state.percent, state.changed_at)
         }
-        (None, None) => bail!("give --current PERCENT or --proxy ADMIN_URL to know the current stage"),
+        (None, None) => {
+            bail!("give --current PERCENT or --proxy ADMIN_URL to know the current stage")
+        }
     };
     let decision = gate::evaluate(&policy, &report, current, since)?;
     println!(
@@ -112,7 +117,10 @@ pub async fn run(cmd: GateCommand) -> anyhow::Result<u8> {
             if !resp.status().is_success() {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
-                bail!("POST {url}: {status}: {}", body.chars().take(500).collect::<String>());
+                bail!(
+                    "POST {url}: {status}: {}",
+                    body.chars().take(500).collect::<String>()
+                );
             }
             println!("ramp moved to {}%", decision.target);
         }

@@ -29,12 +29,14 @@ async fn start(percent: f64) -> (String, Shared, tokio::sync::oneshot::Sender<()
                 let p = s.lock().unwrap().percent;
                 Json(json!({"percent": p, "bp": (p * 100.0) as u32, "changed_at": 0}))
             })
-            .post(|State(s): State<Shared>, Json(body): Json<Value>| async move {
-                let mut r = s.lock().unwrap();
-                r.percent = body["percent"].as_f64().unwrap_or(-1.0);
-                r.posts.push(body);
-                Json(json!({"percent": r.percent}))
-            }),
+            .post(
+                |State(s): State<Shared>, Json(body): Json<Value>| async move {
+                    let mut r = s.lock().unwrap();
+                    r.percent = body["percent"].as_f64().unwrap_or(-1.0);
+                    r.posts.push(body);
+                    Json(json!({"percent": r.percent}))
+                },
+            ),
         )
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -54,11 +56,23 @@ async fn start(percent: f64) -> (String, Shared, tokio::sync::oneshot::Sender<()
 /// A report.json as `hookshift compare` writes it, with `signature` divergences.
 fn write_report(dir: &std::path::Path, signature: u64) -> std::path::PathBuf {
     let counts: serde_json::Map<String, Value> = [
-        "signature", "header", "payload", "retry_decision", "timeout_classification",
-        "state_transition", "api_response", "missing", "extra",
+        "signature",
+        "header",
+        "payload",
+        "retry_decision",
+        "timeout_classification",
+        "state_transition",
+        "api_response",
+        "missing",
+        "extra",
     ]
     .iter()
-    .map(|c| (c.to_string(), json!(if *c == "signature" { signature } else { 0 })))
+    .map(|c| {
+        (
+            c.to_string(),
+            json!(if *c == "signature" { signature } else { 0 }),
+        )
+    })
     .collect();
     let rates: serde_json::Map<String, Value> = counts
         .iter()
@@ -105,10 +119,15 @@ async fn apply_advances_and_rolls_back_the_proxy_ramp() {
     let (url, state, stop) = start(5.0).await;
     let args = |report: &std::path::Path| -> Vec<String> {
         vec![
-            "gate".into(), "evaluate".into(),
-            "--policy".into(), policy.display().to_string(),
-            "--report".into(), report.display().to_string(),
-            "--apply".into(), "--proxy".into(), url.clone(),
+            "gate".into(),
+            "evaluate".into(),
+            "--policy".into(),
+            policy.display().to_string(),
+            "--report".into(),
+            report.display().to_string(),
+            "--apply".into(),
+            "--proxy".into(),
+            url.clone(),
         ]
     };
 
@@ -121,7 +140,10 @@ async fn apply_advances_and_rolls_back_the_proxy_ramp() {
         assert_eq!(r.percent, 25.0);
         assert_eq!(r.posts[0]["actor"], "gate");
         let reason = r.posts[0]["reason"].as_str().unwrap();
-        assert!(reason.contains("advance") && reason.contains("report-0.json"), "{reason}");
+        assert!(
+            reason.contains("advance") && reason.contains("report-0.json"),
+            "{reason}"
+        );
     }
 
     let bad = write_report(dir.path(), 3);
@@ -133,12 +155,20 @@ async fn apply_advances_and_rolls_back_the_proxy_ramp() {
 
     // Without --apply nothing moves; hold exits 1 (not enough samples at this stage).
     let strict = dir.path().join("strict.toml");
-    std::fs::write(&strict, "stages = [0, 1, 5]\n[samples]\nmin_attempt_pairs = 100000\n").unwrap();
+    std::fs::write(
+        &strict,
+        "stages = [0, 1, 5]\n[samples]\nmin_attempt_pairs = 100000\n",
+    )
+    .unwrap();
     let (code, out) = gate(vec![
-        "gate".into(), "evaluate".into(),
-        "--policy".into(), strict.display().to_string(),
-        "--report".into(), clean.display().to_string(),
-        "--current".into(), "1".into(),
+        "gate".into(),
+        "evaluate".into(),
+        "--policy".into(),
+        strict.display().to_string(),
+        "--report".into(),
+        clean.display().to_string(),
+        "--current".into(),
+        "1".into(),
     ])
     .await;
     assert_eq!(code, 1, "{out}");

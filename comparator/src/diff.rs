@@ -389,11 +389,26 @@ fn diff_history(
     let rp = rv.profile(&key.1, Some(r));
     let lretry = lv.retry(&lp);
     let rretry = rv.retry(&rp);
-    let lsecrets = lv.data.secrets.get(&key.1).map(Vec::as_slice).unwrap_or(&[]);
-    let rsecrets = rv.data.secrets.get(&key.1).map(Vec::as_slice).unwrap_or(&[]);
+    let lsecrets = lv
+        .data
+        .secrets
+        .get(&key.1)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let rsecrets = rv
+        .data
+        .secrets
+        .get(&key.1)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
 
     // Attempt level.
-    let numbers: BTreeSet<u32> = l.attempts.keys().chain(r.attempts.keys()).copied().collect();
+    let numbers: BTreeSet<u32> = l
+        .attempts
+        .keys()
+        .chain(r.attempts.keys())
+        .copied()
+        .collect();
     for &n in &numbers {
         out.attempts += 1;
         let akey = DivKey {
@@ -630,12 +645,7 @@ fn diff_payload(lx: &Exchange, rx: &Exchange, key: &DivKey, out: &mut DiffResult
                 format!("body bytes differ and {which}"),
                 "payload.bytes",
                 evidence,
-                Some(unified(
-                    &body_text(lb),
-                    &body_text(rb),
-                    "legacy",
-                    "engine",
-                )),
+                Some(unified(&body_text(lb), &body_text(rb), "legacy", "engine")),
                 Some(lx.started_at),
             );
             return;
@@ -644,7 +654,11 @@ fn diff_payload(lx: &Exchange, rx: &Exchange, key: &DivKey, out: &mut DiffResult
     let canon = |v: &Json| jcs::serialize(v, Normalize::ALL).ok();
     if canon(&lj).is_some() && canon(&lj) == canon(&rj) {
         let kinds = payload_kinds(&lj, &rj, lb, rb);
-        let first = lb.iter().zip(rb.iter()).position(|(a, b)| a != b).unwrap_or(lb.len().min(rb.len()));
+        let first = lb
+            .iter()
+            .zip(rb.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(lb.len().min(rb.len()));
         let snippet = |b: &[u8]| {
             let s = first.saturating_sub(20);
             String::from_utf8_lossy(&b[s..(first + 20).min(b.len())]).into_owned()
@@ -766,7 +780,12 @@ fn diff_headers(
             continue;
         }
         if lower == "content-length" && body_len_differs {
-            out.suppress("content_length_follows_payload", Category::Header, &field, key);
+            out.suppress(
+                "content_length_follows_payload",
+                Category::Header,
+                &field,
+                key,
+            );
             continue;
         }
         let evidence = (json!({ ln.clone(): lval }), json!({ rn.clone(): rval }));
@@ -870,7 +889,11 @@ fn diff_signature(
             .iter()
             .map(|s| signing::verify(p.scheme, s, headers, &ex.request_body))
             .collect();
-        if let Some(Err(e)) = results.iter().find(|r| r.is_err()).filter(|_| results.iter().all(|r| r.is_err())) {
+        if let Some(Err(e)) = results
+            .iter()
+            .find(|r| r.is_err())
+            .filter(|_| results.iter().all(|r| r.is_err()))
+        {
             push(
                 out,
                 Category::Signature,
@@ -1154,16 +1177,19 @@ fn diff_retries(
                         p.max_attempts
                     ),
                     "retry.max_attempts",
-                    (json!(describe_schedule(lretry)), json!(describe_schedule(rretry))),
+                    (
+                        json!(describe_schedule(lretry)),
+                        json!(describe_schedule(rretry)),
+                    ),
                     None,
                     None,
                 );
                 continue;
             };
             let (mut lo, mut hi) = (lo.as_millis() as i64, hi.as_millis() as i64);
-            let honoured = ra_secs.filter(|_| p.honor_retry_after).map(|s| {
-                (s * 1000).min(p.retry_after_cap.as_millis() as i64)
-            });
+            let honoured = ra_secs
+                .filter(|_| p.honor_retry_after)
+                .map(|s| (s * 1000).min(p.retry_after_cap.as_millis() as i64));
             if let Some(ra) = honoured {
                 lo = lo.max(ra);
                 hi = hi.max(ra);
@@ -1314,7 +1340,12 @@ pub fn diff_ingress(calls: &[Ingress], rules: &Rules, out: &mut DiffResult) {
         let mut real = Vec::new();
         for p in paths {
             if rules.api_ignore.iter().any(|pat| pointer_matches(pat, &p)) {
-                out.suppress("api.ignore", Category::ApiResponse, &format!("api:{p}"), &key);
+                out.suppress(
+                    "api.ignore",
+                    Category::ApiResponse,
+                    &format!("api:{p}"),
+                    &key,
+                );
             } else {
                 real.push(p);
             }
@@ -1334,7 +1365,12 @@ pub fn diff_ingress(calls: &[Ingress], rules: &Rules, out: &mut DiffResult) {
                 ),
                 "api.body",
                 (ev(ls, lb), ev(es, eb)),
-                Some(unified(&jcs::pretty(&lj), &jcs::pretty(&ej), "legacy", "engine")),
+                Some(unified(
+                    &jcs::pretty(&lj),
+                    &jcs::pretty(&ej),
+                    "legacy",
+                    "engine",
+                )),
                 Some(c.at),
             );
         }
@@ -1420,12 +1456,7 @@ pub fn apply_learned_noise(primary: &mut DiffResult, noise: &DiffResult, rules: 
         let rc = rate(primary, d.category, primary_counts[&k]);
         let clearly_larger = rc >= rn * rules.learned_min_ratio && rc - rn >= rules.learned_min_abs;
         if n > 0 && !clearly_larger {
-            primary.suppress(
-                "learned",
-                d.category,
-                &d.field,
-                &d.key,
-            );
+            primary.suppress("learned", d.category, &d.field, &d.key);
         } else {
             primary.divergences.push(d);
         }

@@ -187,7 +187,8 @@ impl Policy {
             path: origin.to_owned(),
             message,
         };
-        let f: PolicyFile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let f: PolicyFile =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         if f.stages.is_empty() {
             return Err(err("key `stages`: needs at least one stage".into()));
         }

@@ -228,7 +228,10 @@ impl Parser<'_> {
                     return Ok(Json::Str { raw, text });
                 }
                 b'\\' => {
-                    let esc = *self.s.get(self.pos + 1).ok_or_else(|| self.err("bad escape"))?;
+                    let esc = *self
+                        .s
+                        .get(self.pos + 1)
+                        .ok_or_else(|| self.err("bad escape"))?;
                     self.pos += 2;
                     let simple = match esc {
                         b'"' => Some('"'),
@@ -253,8 +256,8 @@ impl Parser<'_> {
                             .src
                             .get(self.pos..self.pos + 4)
                             .ok_or_else(|| self.err("short \\u escape"))?;
-                        let unit = u16::from_str_radix(hex, 16)
-                            .map_err(|_| self.err("bad \\u escape"))?;
+                        let unit =
+                            u16::from_str_radix(hex, 16).map_err(|_| self.err("bad \\u escape"))?;
                         units.push(unit);
                         self.pos += 4;
                     }
@@ -464,7 +467,7 @@ pub fn es6_format(f: f64) -> String {
             out.push_str(&digits[1..]);
         }
         out.push('e');
-        out.push(if n - 1 >= 0 { '+' } else { '-' });
+        out.push(if n > 0 { '+' } else { '-' });
         let _ = write!(out, "{}", (n - 1).abs());
     }
     out

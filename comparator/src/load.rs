@@ -189,9 +189,15 @@ pub async fn load_captures(
 ) -> Result<u64, LoadError> {
     let db = open(CAPTURES, url).await?;
     let mut version: Option<String> = None;
-    each_row!(&db, CAPTURES, url, "SELECT value FROM capture_meta WHERE key = 'schema_version'", |row| {
-        version = Some(get(&row, CAPTURES, 0)?);
-    });
+    each_row!(
+        &db,
+        CAPTURES,
+        url,
+        "SELECT value FROM capture_meta WHERE key = 'schema_version'",
+        |row| {
+            version = Some(get(&row, CAPTURES, 0)?);
+        }
+    );
     if let Some(v) = version.filter(|v| v != "1") {
         return Err(LoadError::Row {
             what: CAPTURES,
@@ -238,10 +244,22 @@ pub async fn load_captures(
             seq,
             role: Role::parse(&role),
             http_version: get(&row, CAPTURES, 6)?,
-            request_headers: headers_json(CAPTURES, "egress_exchanges", seq, "request_headers", Some(&req_h))?,
+            request_headers: headers_json(
+                CAPTURES,
+                "egress_exchanges",
+                seq,
+                "request_headers",
+                Some(&req_h),
+            )?,
             request_body: get(&row, CAPTURES, 8)?,
             response_status: status.and_then(|s| u16::try_from(s).ok()),
-            response_headers: headers_json(CAPTURES, "egress_exchanges", seq, "response_headers", resp_h.as_deref())?,
+            response_headers: headers_json(
+                CAPTURES,
+                "egress_exchanges",
+                seq,
+                "response_headers",
+                resp_h.as_deref(),
+            )?,
             response_body_len: body_len.map(|l| l as usize),
             fault: get(&row, CAPTURES, 12)?,
             latency_us: get(&row, CAPTURES, 13)?,
@@ -301,16 +319,24 @@ const ENGINE_DB: &str = "engine database";
 /// Reads the engine's database: secrets, profiles, attempts and transitions.
 pub async fn load_engine_db(url: &str, side: &mut SideData) -> Result<(), LoadError> {
     let db = open(ENGINE_DB, url).await?;
-    let sql = "SELECT e.url, s.secret FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id \
+    let sql =
+        "SELECT e.url, s.secret FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id \
                ORDER BY e.url, CASE WHEN s.expires_at IS NULL THEN 0 ELSE 1 END, s.seq DESC";
     each_row!(&db, ENGINE_DB, url, sql, |row| {
         let url: String = get(&row, ENGINE_DB, 0)?;
         let secret: String = get(&row, ENGINE_DB, 1)?;
         side.secrets.entry(url).or_default().push(secret);
     });
-    each_row!(&db, ENGINE_DB, url, "SELECT url, profile FROM endpoints WHERE profile IS NOT NULL", |row| {
-        side.profiles.insert(get(&row, ENGINE_DB, 0)?, get(&row, ENGINE_DB, 1)?);
-    });
+    each_row!(
+        &db,
+        ENGINE_DB,
+        url,
+        "SELECT url, profile FROM endpoints WHERE profile IS NOT NULL",
+        |row| {
+            side.profiles
+                .insert(get(&row, ENGINE_DB, 0)?, get(&row, ENGINE_DB, 1)?);
+        }
+    );
     let sql = "SELECT d.event_id, e.url, d.id, a.attempt, a.outcome, a.response_status, a.started_at \
                FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN endpoints e ON e.id = d.endpoint_id";
     each_row!(&db, ENGINE_DB, url, sql, |row| {
@@ -364,11 +390,17 @@ pub fn legacy_time_ms(s: &str) -> Option<i64> {
 /// history through `query` (the state-transitions SQL; see its header).
 pub async fn load_legacy_db(url: &str, query: &str, side: &mut SideData) -> Result<(), LoadError> {
     let db = open(LEGACY_DB, url).await?;
-    each_row!(&db, LEGACY_DB, url, "SELECT url, secret FROM endpoints ORDER BY id", |row| {
-        let url: String = get(&row, LEGACY_DB, 0)?;
-        let secret: String = get(&row, LEGACY_DB, 1)?;
-        side.secrets.entry(url).or_insert_with(|| vec![secret]);
-    });
+    each_row!(
+        &db,
+        LEGACY_DB,
+        url,
+        "SELECT url, secret FROM endpoints ORDER BY id",
+        |row| {
+            let url: String = get(&row, LEGACY_DB, 0)?;
+            let secret: String = get(&row, LEGACY_DB, 1)?;
+            side.secrets.entry(url).or_insert_with(|| vec![secret]);
+        }
+    );
     let sql = "SELECT d.event_id, e.url, d.id, CAST(a.attempt_no AS BIGINT), a.outcome, \
                CAST(a.status_code AS BIGINT), a.started_at FROM attempts a \
                JOIN deliveries d ON d.id = a.delivery_id JOIN endpoints e ON e.id = d.endpoint_id";
@@ -387,7 +419,9 @@ pub async fn load_legacy_db(url: &str, query: &str, side: &mut SideData) -> Resu
         })?;
         let started_at = legacy_time_ms(&started).ok_or_else(|| LoadError::Row {
             what: LEGACY_DB,
-            message: format!("attempts of delivery {delivery}: started_at {started:?} is not a UTC time"),
+            message: format!(
+                "attempts of delivery {delivery}: started_at {started:?} is not a UTC time"
+            ),
         })?;
         side.add_recorded(
             &event_id,
@@ -440,7 +474,8 @@ pub fn load_secrets(path: &Path) -> Result<HashMap<String, Vec<String>>, LoadErr
         One(String),
         Many(Vec<String>),
     }
-    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
     let map: HashMap<String, OneOrMany> = if is_json {
         serde_json::from_str(&text).map_err(|e| {
             file_err(format!(

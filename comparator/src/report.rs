@@ -368,10 +368,7 @@ pub fn markdown(r: &Report) -> String {
                 d.category.as_str(),
                 d.key.event_id,
                 d.key.endpoint_url,
-                d.key
-                    .attempt
-                    .map(|a| format!(" #{a}"))
-                    .unwrap_or_default(),
+                d.key.attempt.map(|a| format!(" #{a}")).unwrap_or_default(),
                 d.summary.replace('|', "\\|"),
                 d.rule
             );
@@ -494,7 +491,9 @@ section{{margin-top:22px}} .div{{background:#fff;border:1px solid #d8dce3;border
     for c in Category::ALL {
         let _ = write!(s, "<option>{}</option>", c.as_str());
     }
-    s.push_str("</select></label> <label>endpoint <select id=\"f-ep\"><option value=\"\">all</option>");
+    s.push_str(
+        "</select></label> <label>endpoint <select id=\"f-ep\"><option value=\"\">all</option>",
+    );
     for e in &endpoints {
         let _ = write!(s, "<option>{}</option>", esc(e));
     }
@@ -521,7 +520,11 @@ section{{margin-top:22px}} .div{{background:#fff;border:1px solid #d8dce3;border
                 summary = esc(&d.summary),
                 ev = esc(&d.key.event_id),
                 epx = esc(&d.key.endpoint_url),
-                att = d.key.attempt.map(|a| format!(" · attempt {a}")).unwrap_or_default(),
+                att = d
+                    .key
+                    .attempt
+                    .map(|a| format!(" · attempt {a}"))
+                    .unwrap_or_default(),
                 field = esc(&d.field),
                 rule = esc(&d.rule),
                 l = esc(&serde_json::to_string_pretty(&d.legacy).unwrap_or_default()),

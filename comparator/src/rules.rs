@@ -310,7 +310,9 @@ impl Rules {
                 other => {
                     return Err(invalid(
                         format!("noise[{i}].check"),
-                        format!("unknown check {other:?} (differs, unix_seconds, signature, ignore)"),
+                        format!(
+                            "unknown check {other:?} (differs, unix_seconds, signature, ignore)"
+                        ),
                     ))
                 }
             };
@@ -486,12 +488,19 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = Rules::parse("[retry]\ntolerance_ms = -1\n", "r.toml").unwrap_err();
-        assert_eq!(e.to_string(), "r.toml: key `retry.tolerance_ms`: must be >= 0");
+        assert_eq!(
+            e.to_string(),
+            "r.toml: key `retry.tolerance_ms`: must be >= 0"
+        );
         let e = Rules::parse("[retry]\nslack = 1\n", "r.toml").unwrap_err();
         assert!(e.to_string().contains("unknown field `slack`"), "{e}");
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = Rules::parse("[engine.retry]\nschedule = [\"1x\"]\n", "r.toml").unwrap_err();
-        assert!(e.to_string().starts_with("r.toml: key `engine.retry.schedule`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("r.toml: key `engine.retry.schedule`"),
+            "{e}"
+        );
         let e = Rules::parse("[outcomes]\nequivalent = [[\"slow\"]]\n", "r.toml").unwrap_err();
         assert!(e.to_string().contains("outcomes.equivalent[0]"), "{e}");
     }

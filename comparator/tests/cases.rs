@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use comparator::model::{Attempt, Dataset, Exchange, History, Outcome, Recorded, Role, SideData};
+use comparator::model::{Dataset, Exchange, History, Outcome, Recorded, Role, SideData};
 use comparator::Rules;
 use engine::signing::{self, Scheme, SignInput};
 
@@ -83,8 +83,13 @@ impl Side {
 
     /// What the sender recorded for attempt `n`.
     fn recorded(mut self, n: u32, raw: &str, outcome: Outcome, status: Option<u16>) -> Side {
-        let started_at = self.history.attempts.get(&n).and_then(|a| a.exchange.as_ref()).map_or(T0, |e| e.started_at);
-        self.history.attempts.entry(n).or_insert_with(Attempt::default).recorded = Some(Recorded {
+        let started_at = self
+            .history
+            .attempts
+            .get(&n)
+            .and_then(|a| a.exchange.as_ref())
+            .map_or(T0, |e| e.started_at);
+        self.history.attempts.entry(n).or_default().recorded = Some(Recorded {
             raw_outcome: raw.into(),
             outcome,
             status,
@@ -222,15 +227,25 @@ fn identical_attempts_have_no_divergence() {
 fn key_order() {
     check(
         case(same(r#"{"a":1,"b":2}"#), same(r#"{"b":2,"a":1}"#)),
-        &["payload/major #1 payload.rfc8785.key_order", "suppressed signature header header:x-signature x1"],
+        &[
+            "payload/major #1 payload.rfc8785.key_order",
+            "suppressed signature header header:x-signature x1",
+        ],
     );
 }
 
 #[test]
 fn html_escaping() {
     check(
-        case(same(r#"{"note":"\u003cb\u003e\u0026"}"#), same(r#"{"note":"<b>&"}"#)),
-        &["payload/major #1 payload.rfc8785.escaping", "suppressed content_length_follows_payload header header:content-length x1", "suppressed signature header header:x-signature x1"],
+        case(
+            same(r#"{"note":"\u003cb\u003e\u0026"}"#),
+            same(r#"{"note":"<b>&"}"#),
+        ),
+        &[
+            "payload/major #1 payload.rfc8785.escaping",
+            "suppressed content_length_follows_payload header header:content-length x1",
+            "suppressed signature header header:x-signature x1",
+        ],
     );
 }
 
@@ -238,7 +253,11 @@ fn html_escaping() {
 fn float_format() {
     check(
         case(same(r#"{"n":1,"x":1e+21}"#), same(r#"{"n":1.0,"x":1e21}"#)),
-        &["payload/major #1 payload.rfc8785.number_format", "suppressed content_length_follows_payload header header:content-length x1", "suppressed signature header header:x-signature x1"],
+        &[
+            "payload/major #1 payload.rfc8785.number_format",
+            "suppressed content_length_follows_payload header header:content-length x1",
+            "suppressed signature header header:x-signature x1",
+        ],
     );
 }
 
@@ -246,22 +265,37 @@ fn float_format() {
 fn whitespace_only_is_minor() {
     check(
         case(same(r#"{"a":1}"#), same("{\"a\": 1}\n")),
-        &["payload/minor #1 payload.rfc8785.whitespace", "suppressed content_length_follows_payload header header:content-length x1", "suppressed signature header header:x-signature x1"],
+        &[
+            "payload/minor #1 payload.rfc8785.whitespace",
+            "suppressed content_length_follows_payload header header:content-length x1",
+            "suppressed signature header header:x-signature x1",
+        ],
     );
 }
 
 #[test]
 fn a_difference_in_meaning_is_critical_with_a_diff() {
-    let report = run(case(same(r#"{"a":1,"b":[1,2]}"#), same(r#"{"a":1,"b":[1,3]}"#)), None);
+    let report = run(
+        case(same(r#"{"a":1,"b":[1,2]}"#), same(r#"{"a":1,"b":[1,3]}"#)),
+        None,
+    );
     let lines = lines(&report);
-    assert_eq!(lines, ["payload/critical #1 payload.rfc8785.meaning", "suppressed signature header header:x-signature x1"]);
+    assert_eq!(
+        lines,
+        [
+            "payload/critical #1 payload.rfc8785.meaning",
+            "suppressed signature header header:x-signature x1"
+        ]
+    );
     let diff = report.divergences[0].diff.as_deref().unwrap();
     assert!(diff.contains("-    2") && diff.contains("+    3"), "{diff}");
 }
 
 #[test]
 fn a_missing_header() {
-    let engine = Side::new().attempt(1, T0, |e| e.request_headers.retain(|(n, _)| n != "User-Agent"));
+    let engine = Side::new().attempt(1, T0, |e| {
+        e.request_headers.retain(|(n, _)| n != "User-Agent")
+    });
     check(
         case(same(r#"{"order":42}"#), engine),
         &["header/major #1 headers.presence"],
@@ -287,7 +321,10 @@ fn header_name_case_on_http1() {
         e.http_version = "HTTP/2".into();
     };
     check(
-        case(Side::new().attempt(1, T0, |e| e.http_version = "HTTP/2".into()), Side::new().attempt(1, T0, h2)),
+        case(
+            Side::new().attempt(1, T0, |e| e.http_version = "HTTP/2".into()),
+            Side::new().attempt(1, T0, h2),
+        ),
         &[],
     );
 }
@@ -358,17 +395,29 @@ fn retry_after_honoured_by_one_side_only() {
         .attempt(2, T0 + 30_050, |_| {});
     check(
         case(legacy, engine).rules(SHORT_SCHEDULES),
-        &["retry_decision/minor #2 retry.retry_after_policy_differs", "suppressed signature header header:x-signature x1", "suppressed timestamp header header:x-timestamp x1"],
+        &[
+            "retry_decision/minor #2 retry.retry_after_policy_differs",
+            "suppressed signature header header:x-signature x1",
+            "suppressed timestamp header header:x-timestamp x1",
+        ],
     );
 }
 
 #[test]
 fn a_delay_off_the_declared_schedule() {
-    let legacy = Side::new().attempt(1, T0, status(503)).attempt(2, T0 + 1_050, |_| {});
-    let engine = Side::new().attempt(1, T0, status(503)).attempt(2, T0 + 9_050, |_| {});
+    let legacy = Side::new()
+        .attempt(1, T0, status(503))
+        .attempt(2, T0 + 1_050, |_| {});
+    let engine = Side::new()
+        .attempt(1, T0, status(503))
+        .attempt(2, T0 + 9_050, |_| {});
     check(
         case(legacy, engine).rules(SHORT_SCHEDULES),
-        &["retry_decision/major #2 retry.schedule", "suppressed signature header header:x-signature x1", "suppressed timestamp header header:x-timestamp x1"],
+        &[
+            "retry_decision/major #2 retry.schedule",
+            "suppressed signature header header:x-signature x1",
+            "suppressed timestamp header header:x-timestamp x1",
+        ],
     );
 }
 
@@ -384,9 +433,10 @@ fn a_timeout_recorded_as_success() {
     let legacy = Side::new()
         .attempt(1, T0, timed_out)
         .recorded(1, "ok", Outcome::Delivered, None);
-    let engine = Side::new()
-        .attempt(1, T0, timed_out)
-        .recorded(1, "timeout", Outcome::Timeout, None);
+    let engine =
+        Side::new()
+            .attempt(1, T0, timed_out)
+            .recorded(1, "timeout", Outcome::Timeout, None);
     check(
         case(legacy, engine),
         &["timeout_classification/critical #1 outcome.fault_as_success"],
@@ -436,12 +486,14 @@ fn success_recorded_before_the_body_was_read() {
 
 #[test]
 fn timeout_and_body_failure_are_equivalent_by_default() {
-    let legacy = Side::new()
-        .attempt(1, T0, timed_out)
-        .recorded(1, "timeout", Outcome::Timeout, None);
-    let engine = Side::new()
-        .attempt(1, T0, timed_out)
-        .recorded(1, "body_read", Outcome::Body, Some(200));
+    let legacy =
+        Side::new()
+            .attempt(1, T0, timed_out)
+            .recorded(1, "timeout", Outcome::Timeout, None);
+    let engine =
+        Side::new()
+            .attempt(1, T0, timed_out)
+            .recorded(1, "body_read", Outcome::Body, Some(200));
     check(
         case(legacy.clone(), engine.clone()),
         &["suppressed outcomes.equivalent timeout_classification outcome x1"],
@@ -481,7 +533,10 @@ fn engine_ids(e: &mut Exchange) {
 #[test]
 fn noise_suppressed_by_a_rule() {
     check(
-        case(same(r#"{"order":42}"#), Side::new().attempt(1, T0, engine_ids)),
+        case(
+            same(r#"{"order":42}"#),
+            Side::new().attempt(1, T0, engine_ids),
+        ),
         &[
             "suppressed delivery-id header header:x-delivery-id x1",
             "suppressed signature header header:x-signature x1",
@@ -534,7 +589,8 @@ fn noise_learned_from_a_secondary_legacy_run() {
 
 #[test]
 fn a_different_secret_fails_the_recomputed_signature() {
-    let (c, secret) = case(same(r#"{"order":42}"#), same(r#"{"order":42}"#)).engine_secret("whsec_other");
+    let (c, secret) =
+        case(same(r#"{"order":42}"#), same(r#"{"order":42}"#)).engine_secret("whsec_other");
     // The engine's request was signed with the legacy's secret here, so its
     // own signature does not verify against the engine's (different) secret either.
     check_with(
@@ -550,7 +606,8 @@ fn a_different_secret_fails_the_recomputed_signature() {
 #[test]
 fn an_engine_on_another_scheme() {
     let report = run(
-        case(same(r#"{"order":42}"#), same(r#"{"order":42}"#)).rules("[engine]\nprofile = \"standard-webhooks\"\n"),
+        case(same(r#"{"order":42}"#), same(r#"{"order":42}"#))
+            .rules("[engine]\nprofile = \"standard-webhooks\"\n"),
         None,
     );
     let rules: Vec<&str> = report.divergences.iter().map(|d| d.rule.as_str()).collect();

@@ -32,14 +32,21 @@ fn report(pairs: u64, secs: i64, divs: &[(Category, Severity)]) -> comparator::R
         ..DiffResult::default()
     };
     for i in 0..pairs {
-        r.pair_times.push((1_700_000_000_000 + (i as i64 * secs * 1000) / pairs.max(1) as i64, false));
+        r.pair_times.push((
+            1_700_000_000_000 + (i as i64 * secs * 1000) / pairs.max(1) as i64,
+            false,
+        ));
     }
     r.pair_times.push((1_700_000_000_000 + secs * 1000, false));
     for (i, (c, s)) in divs.iter().enumerate() {
         r.divergences.push(Divergence {
             category: *c,
             severity: *s,
-            key: DivKey { event_id: format!("evt_{i}"), endpoint_url: "https://r.example/".into(), attempt: Some(1) },
+            key: DivKey {
+                event_id: format!("evt_{i}"),
+                endpoint_url: "https://r.example/".into(),
+                attempt: Some(1),
+            },
             field: "f".into(),
             summary: "s".into(),
             rule: "r".into(),
@@ -70,29 +77,60 @@ fn a_rate_budget_holds_and_a_signature_rolls_back() {
     let two = [(Category::RetryDecision, Severity::Major); 2];
     let d = evaluate(&policy(), &report(100, 900, &two), 5.0, None).unwrap();
     assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
-    assert!(d.reasons[0].starts_with("retry_decision: 2 divergences"), "{:?}", d.reasons);
+    assert!(
+        d.reasons[0].starts_with("retry_decision: 2 divergences"),
+        "{:?}",
+        d.reasons
+    );
     // 1 in 500 = 0.2%: within budget.
     let one = [(Category::RetryDecision, Severity::Major)];
-    assert_eq!(evaluate(&policy(), &report(500, 900, &one), 5.0, None).unwrap().action, Action::Advance);
+    assert_eq!(
+        evaluate(&policy(), &report(500, 900, &one), 5.0, None)
+            .unwrap()
+            .action,
+        Action::Advance
+    );
     // Any signature divergence: rollback to 0.
     let sig = [(Category::Signature, Severity::Critical)];
     let d = evaluate(&policy(), &report(500, 900, &sig), 25.0, None).unwrap();
-    assert_eq!((d.action, d.target, d.action.exit_code()), (Action::Rollback, 0.0, 2));
+    assert_eq!(
+        (d.action, d.target, d.action.exit_code()),
+        (Action::Rollback, 0.0, 2)
+    );
     assert!(d.reasons[0].contains("some critical"), "{:?}", d.reasons);
     // Unlisted categories have budget 0; header holds (not in rollback_on).
     let hdr = [(Category::Header, Severity::Minor)];
-    assert_eq!(evaluate(&policy(), &report(500, 900, &hdr), 5.0, None).unwrap().action, Action::Hold);
+    assert_eq!(
+        evaluate(&policy(), &report(500, 900, &hdr), 5.0, None)
+            .unwrap()
+            .action,
+        Action::Hold
+    );
 }
 
 #[test]
 fn samples_and_soak_are_required_per_stage() {
     let d = evaluate(&policy(), &report(50, 900, &[]), 5.0, None).unwrap();
     assert_eq!(d.action, Action::Hold);
-    assert!(d.reasons.iter().any(|r| r.contains("50 attempt pairs, 100 required")), "{:?}", d.reasons);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("50 attempt pairs, 100 required")),
+        "{:?}",
+        d.reasons
+    );
     let d = evaluate(&policy(), &report(500, 900, &[]), 50.0, None).unwrap();
-    assert!(d.reasons.iter().any(|r| r.contains("1000 required at 50%")), "{:?}", d.reasons);
+    assert!(
+        d.reasons.iter().any(|r| r.contains("1000 required at 50%")),
+        "{:?}",
+        d.reasons
+    );
     let d = evaluate(&policy(), &report(500, 120, &[]), 5.0, None).unwrap();
-    assert!(d.reasons.iter().any(|r| r.starts_with("soak: 120s")), "{:?}", d.reasons);
+    assert!(
+        d.reasons.iter().any(|r| r.starts_with("soak: 120s")),
+        "{:?}",
+        d.reasons
+    );
     // Only traffic since the stage began counts.
     let r = report(500, 900, &[]);
     let since = r.window.start_ms.unwrap() + 800_000;
@@ -109,14 +147,27 @@ fn the_last_stage_holds() {
 
 #[test]
 fn policy_errors_name_the_key() {
-    let e = Policy::parse("stages = [0, 5, 1]", "g.toml").unwrap_err().to_string();
+    let e = Policy::parse("stages = [0, 5, 1]", "g.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("g.toml: key `stages`"), "{e}");
-    let e = Policy::parse("stages = [0, 1]\n[budgets]\nsignatur = 0\n", "g.toml").unwrap_err().to_string();
-    assert!(e.contains("budgets.signatur") && e.contains("unknown category"), "{e}");
-    let e = Policy::parse("stages = [0, 1]\n[budgets]\npayload = \"lots\"\n", "g.toml").unwrap_err().to_string();
+    let e = Policy::parse("stages = [0, 1]\n[budgets]\nsignatur = 0\n", "g.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("budgets.signatur") && e.contains("unknown category"),
+        "{e}"
+    );
+    let e = Policy::parse("stages = [0, 1]\n[budgets]\npayload = \"lots\"\n", "g.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("budgets.payload"), "{e}");
-    let e = Policy::parse("stages = [0, 1]\n[samples]\nsoak = \"ten\"\n", "g.toml").unwrap_err().to_string();
+    let e = Policy::parse("stages = [0, 1]\n[samples]\nsoak = \"ten\"\n", "g.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("samples.soak"), "{e}");
-    let e = Policy::parse("stages = [0, 1]\n[[stage]]\npercent = 7\n", "g.toml").unwrap_err().to_string();
+    let e = Policy::parse("stages = [0, 1]\n[[stage]]\npercent = 7\n", "g.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("stage[0].percent"), "{e}");
 }

@@ -79,10 +79,22 @@ fn wire(delivery: &str, ts_ms: i64) -> (String, Vec<u8>) {
 }
 
 /// One egress exchange: (sender, attempt, started_at, status, fault, note, delivery id).
-type Row<'a> = (&'a str, i64, i64, Option<i64>, Option<&'a str>, Option<&'a str>, &'a str);
+type Row<'a> = (
+    &'a str,
+    i64,
+    i64,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+);
 
 async fn captures(path: &Path, rows: &[Row<'_>]) {
-    let pool = sqlite(path, include_str!("../../proxy/migrations/sqlite/0001_captures.sql")).await;
+    let pool = sqlite(
+        path,
+        include_str!("../../proxy/migrations/sqlite/0001_captures.sql"),
+    )
+    .await;
     sqlx::query("INSERT INTO capture_meta (key, value) VALUES ('schema_version', '1')")
         .execute(&pool)
         .await
@@ -141,17 +153,19 @@ async fn legacy_db(path: &Path, attempts: &[(i64, Option<i64>, &str, &str, i64)]
         .await
         .unwrap();
     for (n, status, outcome, dstatus, at) in attempts {
-        sqlx::query("INSERT INTO attempts VALUES (?, 'dlv_legacy', ?, ?, ?, NULL, 40, '[]', ?, ?, ?)")
-            .bind(format!("att_{n}"))
-            .bind(n)
-            .bind(status)
-            .bind(outcome)
-            .bind(dstatus)
-            .bind(legacy_time(*at))
-            .bind(legacy_time(at + 40))
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO attempts VALUES (?, 'dlv_legacy', ?, ?, ?, NULL, 40, '[]', ?, ?, ?)",
+        )
+        .bind(format!("att_{n}"))
+        .bind(n)
+        .bind(status)
+        .bind(outcome)
+        .bind(dstatus)
+        .bind(legacy_time(*at))
+        .bind(legacy_time(at + 40))
+        .execute(&pool)
+        .await
+        .unwrap();
     }
     pool.close().await;
 }
@@ -165,7 +179,10 @@ async fn engine_db(path: &Path, attempts: &[(OutcomeClass, DeliveryState, Option
         profile: Some("legacy".into()),
         ..EndpointSpec::default()
     };
-    store.upsert_endpoint("ep_1", &spec, Some(SECRET), T0 - 1000).await.unwrap();
+    store
+        .upsert_endpoint("ep_1", &spec, Some(SECRET), T0 - 1000)
+        .await
+        .unwrap();
     let ev = NewEvent {
         id: "evt_1".into(),
         event_type: "order.created".into(),
@@ -230,10 +247,19 @@ async fn identical_senders_through_real_stores_have_no_divergence() {
         ],
     )
     .await;
-    legacy_db(&dir.path().join("legacy.db"), &[(1, Some(200), "ok", "success", T0)]).await;
+    legacy_db(
+        &dir.path().join("legacy.db"),
+        &[(1, Some(200), "ok", "success", T0)],
+    )
+    .await;
     engine_db(
         &dir.path().join("engine.db"),
-        &[(OutcomeClass::Delivered, DeliveryState::Succeeded, Some(200), T0 + 2_000)],
+        &[(
+            OutcomeClass::Delivered,
+            DeliveryState::Succeeded,
+            Some(200),
+            T0 + 2_000,
+        )],
     )
     .await;
 
@@ -242,7 +268,11 @@ async fn identical_senders_through_real_stores_have_no_divergence() {
         .await
         .unwrap();
     assert!(stages.contains(&"comparing".to_owned()), "{stages:?}");
-    let lines: Vec<String> = report.divergences.iter().map(|d| format!("{}: {}", d.rule, d.summary)).collect();
+    let lines: Vec<String> = report
+        .divergences
+        .iter()
+        .map(|d| format!("{}: {}", d.rule, d.summary))
+        .collect();
     assert_eq!(report.verdict, Verdict::Pass, "{lines:#?}");
     assert_eq!(report.samples.attempt_pairs, 1);
     assert_eq!(report.samples.histories, 1);
@@ -254,7 +284,11 @@ async fn identical_senders_through_real_stores_have_no_divergence() {
     let paths = comparator::write_reports(&report, &out).unwrap();
     for p in [&paths.json, &paths.markdown, &paths.html] {
         let text = std::fs::read_to_string(p).unwrap();
-        assert!(!text.contains(SECRET), "{} contains the secret", p.display());
+        assert!(
+            !text.contains(SECRET),
+            "{} contains the secret",
+            p.display()
+        );
     }
     let back: comparator::Report =
         serde_json::from_slice(&std::fs::read(&paths.json).unwrap()).unwrap();
@@ -270,22 +304,62 @@ async fn early_success_is_reported_with_its_evidence() {
     captures(
         &dir.path().join("captures.db"),
         &[
-            ("legacy", 1, T0, Some(200), Some("timeout"), note, "dlv_legacy"),
-            ("engine", 1, T0 + 1_000, Some(200), Some("timeout"), note, "dlv_engine"),
-            ("engine", 2, T0 + 11_100, Some(200), None, None, "dlv_engine"),
+            (
+                "legacy",
+                1,
+                T0,
+                Some(200),
+                Some("timeout"),
+                note,
+                "dlv_legacy",
+            ),
+            (
+                "engine",
+                1,
+                T0 + 1_000,
+                Some(200),
+                Some("timeout"),
+                note,
+                "dlv_engine",
+            ),
+            (
+                "engine",
+                2,
+                T0 + 11_100,
+                Some(200),
+                None,
+                None,
+                "dlv_engine",
+            ),
         ],
     )
     .await;
-    legacy_db(&dir.path().join("legacy.db"), &[(1, Some(200), "ok", "success", T0)]).await;
+    legacy_db(
+        &dir.path().join("legacy.db"),
+        &[(1, Some(200), "ok", "success", T0)],
+    )
+    .await;
     engine_db(
         &dir.path().join("engine.db"),
         &[
-            (OutcomeClass::BodyRead, DeliveryState::RetryScheduled, Some(200), T0 + 1_000),
-            (OutcomeClass::Delivered, DeliveryState::Succeeded, Some(200), T0 + 11_100),
+            (
+                OutcomeClass::BodyRead,
+                DeliveryState::RetryScheduled,
+                Some(200),
+                T0 + 1_000,
+            ),
+            (
+                OutcomeClass::Delivered,
+                DeliveryState::Succeeded,
+                Some(200),
+                T0 + 11_100,
+            ),
         ],
     )
     .await;
-    let report = comparator::run(&input(dir.path()), |_, _| {}).await.unwrap();
+    let report = comparator::run(&input(dir.path()), |_, _| {})
+        .await
+        .unwrap();
     let mut rules: Vec<&str> = report.divergences.iter().map(|d| d.rule.as_str()).collect();
     rules.sort();
     assert_eq!(
@@ -318,28 +392,47 @@ async fn errors_name_the_store_and_never_the_password() {
         captures: Some(url(&dir.path().join("nope.db"))),
         ..CompareInput::default()
     };
-    let err = comparator::run(&missing, |_, _| {}).await.unwrap_err().to_string();
+    let err = comparator::run(&missing, |_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("capture store ("), "{err}");
     let bad = CompareInput {
         captures: Some("mysql://u:hunter2@db/x".into()),
         ..CompareInput::default()
     };
-    let err = comparator::run(&bad, |_, _| {}).await.unwrap_err().to_string();
-    assert!(err.contains("unsupported database URL") && !err.contains("hunter2"), "{err}");
+    let err = comparator::run(&bad, |_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unsupported database URL") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 #[test]
 fn secrets_file_errors_show_the_line_not_the_secret() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("secrets.toml");
-    std::fs::write(&p, "\"https://a.example/\" = \"whsec_TOPSECRET\"\n\"https://b.example/\" = whsec_BROKEN\n").unwrap();
+    std::fs::write(
+        &p,
+        "\"https://a.example/\" = \"whsec_TOPSECRET\"\n\"https://b.example/\" = whsec_BROKEN\n",
+    )
+    .unwrap();
     let err = comparator::load::load_secrets(&p).unwrap_err().to_string();
     assert!(err.contains("line 2"), "{err}");
-    assert!(!err.contains("TOPSECRET") && !err.contains("BROKEN"), "{err}");
+    assert!(
+        !err.contains("TOPSECRET") && !err.contains("BROKEN"),
+        "{err}"
+    );
     std::fs::write(&p, "\"https://a.example/\" = [\"one\", \"two\"]\n").unwrap();
     let s = comparator::load::load_secrets(&p).unwrap();
     assert_eq!(s["https://a.example/"], ["one", "two"]);
     let j = dir.path().join("secrets.json");
     std::fs::write(&j, r#"{"https://a.example/": "one"}"#).unwrap();
-    assert_eq!(comparator::load::load_secrets(&j).unwrap()["https://a.example/"], ["one"]);
+    assert_eq!(
+        comparator::load::load_secrets(&j).unwrap()["https://a.example/"],
+        ["one"]
+    );
 }
