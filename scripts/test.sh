@@ -3,8 +3,9 @@
 #   1. PostgreSQL (installed from Debian's packages and started when run as
 #      root; see scripts/postgres.sh), so the store and API tests run on both
 #      backends;
-#   2. cargo test --workspace;
-#   3. the legacy Go fixture's go vet and go test.
+#   2. chromium under CI=true (the comparator's HTML report test);
+#   3. cargo test --workspace;
+#   4. the legacy Go fixture's go vet and go test.
 # On a developer machine without PostgreSQL or Go, those parts skip with a
 # notice. Under CI=true nothing may skip: a missing piece fails the run.
 set -euo pipefail
@@ -16,6 +17,14 @@ if pg_env=$(scripts/postgres.sh); then
 else
   if [ "$ci" = true ]; then echo "test.sh: PostgreSQL could not be set up and CI=true" >&2; exit 1; fi
   echo "notice: PostgreSQL is not available; its test cases will skip" >&2
+fi
+
+# Headless Chromium renders the comparator's index.html in its test; CI
+# installs it (Debian's package), elsewhere that test skips with a notice.
+if ! command -v chromium >/dev/null 2>&1 && [ "$ci" = true ]; then
+  echo "== installing chromium (comparator HTML report test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || { echo "test.sh: chromium could not be installed and CI=true" >&2; exit 1; }
 fi
 
 echo "== cargo test --workspace"

@@ -5,6 +5,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod cli_compare;
+mod cli_gate;
+
 #[derive(Parser)]
 #[command(
     name = "hookshift",
@@ -27,6 +30,13 @@ enum Command {
     Sign(SignArgs),
     /// Check, on generated payloads, that a profile's bytes equal a legacy oracle's.
     Conformance(ConformanceArgs),
+    /// Compare the two senders' captures and databases; write divergence reports.
+    Compare(cli_compare::CompareArgs),
+    /// The ramp gate: advance, hold or roll back from a report.
+    Gate {
+        #[command(subcommand)]
+        command: cli_gate::GateCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,7 +161,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(args) => sign(args),
         Command::Conformance(args) => conformance(args),
+        Command::Compare(args) => exit_with(cli_compare::run(args).await?),
+        Command::Gate { command } => exit_with(cli_gate::run(command).await?),
     }
+}
+
+/// Ends the process with a command's own exit code (the gate's 0/1/2).
+fn exit_with(code: u8) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if code == 0 {
+        return Ok(());
+    }
+    let _ = std::io::stdout().flush();
+    std::process::exit(i32::from(code))
 }
 
 fn sign(args: SignArgs) -> anyhow::Result<()> {

@@ -1,0 +1,510 @@
+//! Loaders: read the capture store, the engine's database, the legacy's
+//! database (through the state-transitions SQL file) and a secrets file into
+//! the [`model`](crate::model). Each is plain SQL over sqlx against the
+//! schemas in proxy/migrations, engine/migrations and the legacy's
+//! internal/store; nothing here depends on the proxy crate. The same queries
+//! run on SQLite and PostgreSQL (`sqlite:` or `postgres://` URLs). Rows are
+//! streamed, not collected, so only the model is held in memory.
+//!
+//! Errors name the store (with the URL's password masked) and the row;
+//! secrets never appear in them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use futures::TryStreamExt;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::Row;
+
+use crate::model::{Exchange, Ingress, Outcome, Recorded, Role, Sender, SideData};
+
+/// The legacy fixture's state-transitions query, used when no file is given.
+pub const DEFAULT_LEGACY_QUERY: &str =
+    include_str!("../../fixtures/legacy-queries/state-transitions.sql");
+
+/// Why an input could not be read. Never contains a secret or a password.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The database could not be opened or queried.
+    #[error("{what} ({url}): {source}")]
+    Db {
+        /// Which input.
+        what: &'static str,
+        /// Its URL, password masked.
+        url: String,
+        /// The database error.
+        source: sqlx::Error,
+    },
+    /// A URL that is neither sqlite: nor postgres://.
+    #[error("{what}: unsupported database URL {url:?} (use sqlite://PATH or postgres://…)")]
+    Url {
+        /// Which input.
+        what: &'static str,
+        /// The URL, password masked.
+        url: String,
+    },
+    /// A row that does not fit the schema.
+    #[error("{what}: {message}")]
+    Row {
+        /// Which input.
+        what: &'static str,
+        /// What is wrong, naming table, row and column.
+        message: String,
+    },
+    /// A file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A URL with any password replaced by `***`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Pg(sqlx::PgPool),
+}
+
+async fn open(what: &'static str, url: &str) -> Result<Db, LoadError> {
+    let db_err = |source| LoadError::Db {
+        what,
+        url: mask_url(url),
+        source,
+    };
+    if url.starts_with("sqlite:") {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(db_err)?
+            .create_if_missing(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        Ok(Db::Sqlite(pool))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .map_err(db_err)?;
+        Ok(Db::Pg(pool))
+    } else {
+        Err(LoadError::Url {
+            what,
+            url: mask_url(url),
+        })
+    }
+}
+
+/// Runs `$sql` on either backend and calls `$body` with each row (`$row`).
+macro_rules! each_row {
+    ($db:expr, $what:expr, $url:expr, $sql:expr, |$row:ident| $body:block) => {{
+        let db_err = |source| LoadError::Db {
+            what: $what,
+            url: mask_url($url),
+            source,
+        };
+        match $db {
+            Db::Sqlite(pool) => {
+                let mut rows = sqlx::query($sql).fetch(pool);
+                while let Some($row) = rows.try_next().await.map_err(db_err)? {
+                    $body
+                }
+            }
+            Db::Pg(pool) => {
+                let mut rows = sqlx::query($sql).fetch(pool);
+                while let Some($row) = rows.try_next().await.map_err(db_err)? {
+                    $body
+                }
+            }
+        }
+    }};
+}
+
+fn headers_json(
+    what: &'static str,
+    table: &str,
+    seq: i64,
+    col: &str,
+    text: Option<&str>,
+) -> Result<Vec<(String, String)>, LoadError> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str::<Vec<(String, String)>>(text).map_err(|e| LoadError::Row {
+        what,
+        message: format!("{table} row {seq}: {col} is not a JSON list of [name, value] pairs: {e}"),
+    })
+}
+
+fn get<'r, T, R>(row: &'r R, what: &'static str, idx: usize) -> Result<T, LoadError>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get(idx).map_err(|e| LoadError::Row {
+        what,
+        message: format!("column {idx}: {e}"),
+    })
+}
+
+const CAPTURES: &str = "capture store";
+
+/// Which egress rows to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureFilter {
+    /// Both senders' rows.
+    Both,
+    /// Only the legacy's rows (a second legacy run).
+    LegacyOnly,
+}
+
+/// Reads the capture store's egress exchanges into the two sides, and its
+/// ingress exchanges. Returns the number of exchanges without an event id.
+pub async fn load_captures(
+    url: &str,
+    filter: CaptureFilter,
+    legacy: &mut SideData,
+    engine: &mut SideData,
+    ingress: Option<&mut Vec<Ingress>>,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, LoadError> {
+    let db = open(CAPTURES, url).await?;
+    let mut version: Option<String> = None;
+    each_row!(
+        &db,
+        CAPTURES,
+        url,
+        "SELECT value FROM capture_meta WHERE key = 'schema_version'",
+        |row| {
+            version = Some(get(&row, CAPTURES, 0)?);
+        }
+    );
+    if let Some(v) = version.filter(|v| v != "1") {
+        return Err(LoadError::Row {
+            what: CAPTURES,
+            message: format!("capture_meta schema_version is {v}; this comparator reads version 1"),
+        });
+    }
+    let sql = "SELECT seq, sender, role, event_id, endpoint_url, attempt, http_version, \
+               request_headers, request_body, response_status, response_headers, \
+               CAST(LENGTH(response_body) AS BIGINT), fault, latency_us, started_at, note \
+               FROM egress_exchanges ORDER BY seq";
+    let mut unkeyed = 0u64;
+    let mut n = 0u64;
+    each_row!(&db, CAPTURES, url, sql, |row| {
+        let seq: i64 = get(&row, CAPTURES, 0)?;
+        let sender: String = get(&row, CAPTURES, 1)?;
+        let role: String = get(&row, CAPTURES, 2)?;
+        let event_id: Option<String> = get(&row, CAPTURES, 3)?;
+        let endpoint_url: String = get(&row, CAPTURES, 4)?;
+        let attempt: i64 = get(&row, CAPTURES, 5)?;
+        let req_h: String = get(&row, CAPTURES, 7)?;
+        let resp_h: Option<String> = get(&row, CAPTURES, 10)?;
+        let status: Option<i64> = get(&row, CAPTURES, 9)?;
+        let body_len: Option<i64> = get(&row, CAPTURES, 11)?;
+        let side = match (sender.as_str(), filter) {
+            ("legacy", _) => &mut *legacy,
+            ("engine", CaptureFilter::Both) => &mut *engine,
+            ("engine", CaptureFilter::LegacyOnly) => continue,
+            (other, _) => {
+                return Err(LoadError::Row {
+                    what: CAPTURES,
+                    message: format!("egress_exchanges row {seq}: unknown sender {other:?}"),
+                })
+            }
+        };
+        let Some(event_id) = event_id else {
+            unkeyed += 1;
+            continue;
+        };
+        let attempt = u32::try_from(attempt).map_err(|_| LoadError::Row {
+            what: CAPTURES,
+            message: format!("egress_exchanges row {seq}: attempt {attempt} out of range"),
+        })?;
+        let ex = Exchange {
+            seq,
+            role: Role::parse(&role),
+            http_version: get(&row, CAPTURES, 6)?,
+            request_headers: headers_json(
+                CAPTURES,
+                "egress_exchanges",
+                seq,
+                "request_headers",
+                Some(&req_h),
+            )?,
+            request_body: get(&row, CAPTURES, 8)?,
+            response_status: status.and_then(|s| u16::try_from(s).ok()),
+            response_headers: headers_json(
+                CAPTURES,
+                "egress_exchanges",
+                seq,
+                "response_headers",
+                resp_h.as_deref(),
+            )?,
+            response_body_len: body_len.map(|l| l as usize),
+            fault: get(&row, CAPTURES, 12)?,
+            latency_us: get(&row, CAPTURES, 13)?,
+            started_at: get(&row, CAPTURES, 14)?,
+            note: get(&row, CAPTURES, 15)?,
+        };
+        if ex.fault.as_deref() == Some("tunnel") {
+            // A CONNECT tunnel is opaque bytes: nothing to compare.
+            unkeyed += 1;
+            continue;
+        }
+        side.add_exchange(&event_id, &endpoint_url, attempt, ex);
+        n += 1;
+        if n % 10_000 == 0 {
+            progress(n);
+        }
+    });
+    if let Some(ingress) = ingress {
+        let sql = "SELECT seq, method, path, event_id, primary_sender, primary_status, primary_body, \
+                   shadow_status, shadow_body, shadow_error, at FROM ingress_exchanges ORDER BY seq";
+        each_row!(&db, CAPTURES, url, sql, |row| {
+            let primary: String = get(&row, CAPTURES, 4)?;
+            let ps: Option<i64> = get(&row, CAPTURES, 5)?;
+            let ss: Option<i64> = get(&row, CAPTURES, 7)?;
+            ingress.push(Ingress {
+                seq: get(&row, CAPTURES, 0)?,
+                method: get(&row, CAPTURES, 1)?,
+                path: get(&row, CAPTURES, 2)?,
+                event_id: get(&row, CAPTURES, 3)?,
+                primary_sender: match primary.as_str() {
+                    "legacy" => Some(Sender::Legacy),
+                    "engine" => Some(Sender::Engine),
+                    _ => None,
+                },
+                primary_status: ps.and_then(|s| u16::try_from(s).ok()),
+                primary_body: get(&row, CAPTURES, 6)?,
+                shadow_status: ss.and_then(|s| u16::try_from(s).ok()),
+                shadow_body: get(&row, CAPTURES, 8)?,
+                shadow_error: get(&row, CAPTURES, 9)?,
+                at: get(&row, CAPTURES, 10)?,
+            });
+        });
+    }
+    close(db).await;
+    Ok(unkeyed)
+}
+
+async fn close(db: Db) {
+    match db {
+        Db::Sqlite(p) => p.close().await,
+        Db::Pg(p) => p.close().await,
+    }
+}
+
+const ENGINE_DB: &str = "engine database";
+
+/// Reads the engine's database: secrets, profiles, attempts and transitions.
+pub async fn load_engine_db(url: &str, side: &mut SideData) -> Result<(), LoadError> {
+    let db = open(ENGINE_DB, url).await?;
+    let sql =
+        "SELECT e.url, s.secret FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id \
+               ORDER BY e.url, CASE WHEN s.expires_at IS NULL THEN 0 ELSE 1 END, s.seq DESC";
+    each_row!(&db, ENGINE_DB, url, sql, |row| {
+        let url: String = get(&row, ENGINE_DB, 0)?;
+        let secret: String = get(&row, ENGINE_DB, 1)?;
+        side.secrets.entry(url).or_default().push(secret);
+    });
+    each_row!(
+        &db,
+        ENGINE_DB,
+        url,
+        "SELECT url, profile FROM endpoints WHERE profile IS NOT NULL",
+        |row| {
+            side.profiles
+                .insert(get(&row, ENGINE_DB, 0)?, get(&row, ENGINE_DB, 1)?);
+        }
+    );
+    let sql = "SELECT d.event_id, e.url, d.id, a.attempt, a.outcome, a.response_status, a.started_at \
+               FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN endpoints e ON e.id = d.endpoint_id";
+    each_row!(&db, ENGINE_DB, url, sql, |row| {
+        let event_id: String = get(&row, ENGINE_DB, 0)?;
+        let ep: String = get(&row, ENGINE_DB, 1)?;
+        let delivery: String = get(&row, ENGINE_DB, 2)?;
+        let attempt: i64 = get(&row, ENGINE_DB, 3)?;
+        let raw: String = get(&row, ENGINE_DB, 4)?;
+        let status: Option<i64> = get(&row, ENGINE_DB, 5)?;
+        let outcome = Outcome::from_engine(&raw).ok_or_else(|| LoadError::Row {
+            what: ENGINE_DB,
+            message: format!("attempts of delivery {delivery}: unknown outcome {raw:?}"),
+        })?;
+        side.add_recorded(
+            &event_id,
+            &ep,
+            u32::try_from(attempt).unwrap_or(0),
+            Recorded {
+                raw_outcome: raw,
+                outcome,
+                status: status.and_then(|s| u16::try_from(s).ok()),
+                started_at: get(&row, ENGINE_DB, 6)?,
+            },
+        );
+        side.history(&event_id, &ep).delivery_id = Some(delivery);
+    });
+    let sql = "SELECT d.event_id, e.url, d.id, t.to_state FROM delivery_transitions t \
+               JOIN deliveries d ON d.id = t.delivery_id JOIN endpoints e ON e.id = d.endpoint_id \
+               ORDER BY t.delivery_id, t.seq";
+    each_row!(&db, ENGINE_DB, url, sql, |row| {
+        let event_id: String = get(&row, ENGINE_DB, 0)?;
+        let ep: String = get(&row, ENGINE_DB, 1)?;
+        let h = side.history(&event_id, &ep);
+        h.in_db = true;
+        h.delivery_id = Some(get(&row, ENGINE_DB, 2)?);
+        h.states.push(get(&row, ENGINE_DB, 3)?);
+    });
+    close(db).await;
+    Ok(())
+}
+
+const LEGACY_DB: &str = "legacy database";
+
+/// Parses the legacy's fixed-width UTC text time into unix ms.
+pub fn legacy_time_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// Reads the legacy's database: secrets and attempts from its tables, state
+/// history through `query` (the state-transitions SQL; see its header).
+pub async fn load_legacy_db(url: &str, query: &str, side: &mut SideData) -> Result<(), LoadError> {
+    let db = open(LEGACY_DB, url).await?;
+    each_row!(
+        &db,
+        LEGACY_DB,
+        url,
+        "SELECT url, secret FROM endpoints ORDER BY id",
+        |row| {
+            let url: String = get(&row, LEGACY_DB, 0)?;
+            let secret: String = get(&row, LEGACY_DB, 1)?;
+            side.secrets.entry(url).or_insert_with(|| vec![secret]);
+        }
+    );
+    let sql = "SELECT d.event_id, e.url, d.id, CAST(a.attempt_no AS BIGINT), a.outcome, \
+               CAST(a.status_code AS BIGINT), a.started_at FROM attempts a \
+               JOIN deliveries d ON d.id = a.delivery_id JOIN endpoints e ON e.id = d.endpoint_id";
+    each_row!(&db, LEGACY_DB, url, sql, |row| {
+        let event_id: String = get(&row, LEGACY_DB, 0)?;
+        let ep: String = get(&row, LEGACY_DB, 1)?;
+        let delivery: String = get(&row, LEGACY_DB, 2)?;
+        let attempt: i64 = get(&row, LEGACY_DB, 3)?;
+        let raw: String = get(&row, LEGACY_DB, 4)?;
+        let status: Option<i64> = get(&row, LEGACY_DB, 5)?;
+        let started: String = get(&row, LEGACY_DB, 6)?;
+        let status = status.and_then(|s| u16::try_from(s).ok());
+        let outcome = Outcome::from_legacy(&raw, status).ok_or_else(|| LoadError::Row {
+            what: LEGACY_DB,
+            message: format!("attempts of delivery {delivery}: unknown outcome {raw:?}"),
+        })?;
+        let started_at = legacy_time_ms(&started).ok_or_else(|| LoadError::Row {
+            what: LEGACY_DB,
+            message: format!(
+                "attempts of delivery {delivery}: started_at {started:?} is not a UTC time"
+            ),
+        })?;
+        side.add_recorded(
+            &event_id,
+            &ep,
+            u32::try_from(attempt).unwrap_or(0),
+            Recorded {
+                raw_outcome: raw,
+                outcome,
+                status,
+                started_at,
+            },
+        );
+        side.history(&event_id, &ep).delivery_id = Some(delivery);
+    });
+    // Wrapped so the columns are read by position with one type on both
+    // backends (the legacy's INTEGER is 32-bit on PostgreSQL).
+    let body = query.trim().trim_end_matches(';');
+    let sql = format!(
+        "SELECT q.delivery_id, q.event_id, q.endpoint_url, CAST(q.seq AS BIGINT), q.state \
+         FROM (\n{body}\n) q ORDER BY q.delivery_id, CAST(q.seq AS BIGINT)"
+    );
+    let mut rows = 0u64;
+    each_row!(&db, LEGACY_DB, url, sql.as_str(), |row| {
+        let delivery: String = get(&row, LEGACY_DB, 0)?;
+        let event_id: String = get(&row, LEGACY_DB, 1)?;
+        let ep: String = get(&row, LEGACY_DB, 2)?;
+        let state: String = get(&row, LEGACY_DB, 4)?;
+        let h = side.history(&event_id, &ep);
+        h.in_db = true;
+        h.delivery_id = Some(delivery);
+        h.states.push(state);
+        rows += 1;
+    });
+    let _ = rows;
+    close(db).await;
+    Ok(())
+}
+
+/// Reads a secrets file: a TOML or JSON map from endpoint URL to a secret or
+/// a list of secrets (current first). Parse errors give the line, never the text.
+pub fn load_secrets(path: &Path) -> Result<HashMap<String, Vec<String>>, LoadError> {
+    let file_err = |message: String| LoadError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    let map: HashMap<String, OneOrMany> = if is_json {
+        serde_json::from_str(&text).map_err(|e| {
+            file_err(format!(
+                "not a JSON object of URL → secret or [secrets] (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?
+    } else {
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            file_err(format!(
+                "not a TOML table of \"URL\" = secret or [secrets] (line {line})"
+            ))
+        })?
+    };
+    let mut out = HashMap::new();
+    for (url, v) in map {
+        let list = match v {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if list.is_empty() || list.iter().any(|s| s.is_empty()) {
+            return Err(file_err(format!("the entry for {url} has an empty secret")));
+        }
+        out.insert(url, list);
+    }
+    Ok(out)
+}
