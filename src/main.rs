@@ -1,6 +1,8 @@
 //! The `hookshift` command: argument parsing and wiring only. The work is
 //! done by the library crates (`engine`, `proxy`, `comparator`, `scenarios`).
 
+mod cli_scenario;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ enum Command {
     Sign(SignArgs),
     /// Check, on generated payloads, that a profile's bytes equal a legacy oracle's.
     Conformance(ConformanceArgs),
+    /// Rehearse a migration: run a scenario against a simulated receiver fleet.
+    Scenario(cli_scenario::ScenarioArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(args) => sign(args),
         Command::Conformance(args) => conformance(args),
+        Command::Scenario(args) => cli_scenario::run(args, shutdown_signal()).await,
     }
 }
 
