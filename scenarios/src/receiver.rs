@@ -244,6 +244,8 @@ pub struct Record {
     pub at_ms: u64,
     /// What the receiver did.
     pub action: String,
+    /// The `Retry-After` it answered with, in seconds.
+    pub retry_after_s: Option<u32>,
 }
 
 /// Counts per sender and action.
@@ -551,6 +553,10 @@ async fn serve(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let seq = st.records.len() as u64;
         let label = decision.action.label();
+        let retry_after_s = match decision.action {
+            Action::Status { retry_after_s, .. } => retry_after_s,
+            _ => None,
+        };
         st.counters.requests += 1;
         *st.counters
             .by_sender_action
@@ -576,6 +582,7 @@ async fn serve(
             },
             at_ms: shared.started.elapsed().as_millis() as u64,
             action: label,
+            retry_after_s,
         });
     }
     if !decision.latency.is_zero() {

@@ -85,7 +85,8 @@ pub struct Evidence<'a> {
 pub trait Check: Send + Sync {
     fn name(&self) -> &str;
     /// The categories it evaluates. When several checks evaluate one
-    /// category, the last one in [`Stages::checks`] decides it.
+    /// category their divergences add up (so a comparator replaces the
+    /// built-in checks rather than joining them).
     fn categories(&self) -> Vec<Category>;
     fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError>;
 }
@@ -125,6 +126,7 @@ impl Stages {
                 Box::new(StateCheck),
                 Box::new(ApiCheck),
                 Box::new(FirstBodyCheck),
+                Box::new(RetryAfterCheck),
             ],
             gate: None,
         }
@@ -215,7 +217,28 @@ fn parse_deliveries(v: &serde_json::Value) -> Vec<(String, DeliveryStatus)> {
 
 /// Polls both senders until every planned delivery is terminal on both, or
 /// `timeout` passes. Returns the snapshots and whether all settled.
-async fn settle(apis: [&SenderApi; 2], plan: &Plan, timeout: Duration) -> ([Snapshot; 2], bool) {
+async fn settle(
+    apis: [&SenderApi; 2],
+    plan: &Plan,
+    posts: &DriveResult,
+    timeout: Duration,
+) -> ([Snapshot; 2], bool) {
+    // Each sender said, when it accepted an event, how many deliveries it
+    // created; that is what must become terminal (a sender may create
+    // fewer than planned, e.g. for an endpoint it disabled).
+    let expected: Vec<[usize; 2]> = plan
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| {
+            let p = posts.posts.get(i);
+            let n = |r: Option<&driver::PostResult>| r.map_or(ev.endpoints.len(), |r| r.deliveries);
+            [
+                n(p.and_then(|p| p.1.as_ref())),
+                n(p.and_then(|p| p.2.as_ref())),
+            ]
+        })
+        .collect();
     let started = Instant::now();
     let mut snaps: [Snapshot; 2] = [Snapshot::new(), Snapshot::new()];
     let mut open: [BTreeSet<usize>; 2] = [
@@ -238,8 +261,7 @@ async fn settle(apis: [&SenderApi; 2], plan: &Plan, timeout: Duration) -> ([Snap
                 let Some(v) = v else { continue };
                 let ev = &plan.events[i];
                 let ds = parse_deliveries(&v);
-                let done =
-                    ds.len() >= ev.endpoints.len() && ds.iter().all(|(_, d)| d.is_terminal());
+                let done = ds.len() >= expected[i][side] && ds.iter().all(|(_, d)| d.is_terminal());
                 for (ep, d) in ds {
                     snaps[side].insert((ev.id.clone(), ep), d);
                 }
@@ -421,6 +443,80 @@ impl Check for FirstBodyCheck {
     }
 }
 
+/// Whether each sender waited out a `Retry-After` before its next attempt,
+/// from the arrival times the receiver simulator recorded.
+pub struct RetryAfterCheck;
+
+/// Arrival-time slack: the receiver stamps arrivals, not departures.
+const RETRY_AFTER_SLACK_MS: u64 = 50;
+
+impl Check for RetryAfterCheck {
+    fn name(&self) -> &str {
+        "builtin-retry-after"
+    }
+    fn categories(&self) -> Vec<Category> {
+        vec![Category::RetryDecision]
+    }
+    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+        // (sender, event, endpoint, attempt) → record.
+        let mut by: BTreeMap<(&str, &str, u32, u32), &Record> = BTreeMap::new();
+        for r in ev.records {
+            if let (Some(id), Some(n), false) = (&r.event_id, r.endpoint, r.hop) {
+                if r.attempt > 0 {
+                    by.insert((r.sender.as_str(), id.as_str(), n, r.attempt), r);
+                }
+            }
+        }
+        // Per sender, whether the retry after a Retry-After waited it out.
+        let waited = |sender: &str, id: &str, n: u32, a: u32| -> Option<(bool, u64, u32)> {
+            let this = by.get(&(sender, id, n, a))?;
+            let secs = this.retry_after_s?;
+            let next = by.get(&(sender, id, n, a + 1))?;
+            let gap = next.at_ms.saturating_sub(this.at_ms);
+            Some((
+                gap + RETRY_AFTER_SLACK_MS >= u64::from(secs) * 1000,
+                gap,
+                secs,
+            ))
+        };
+        let mut out = Vec::new();
+        let mut compared = 0;
+        for (sender, id, n, a) in by.keys() {
+            if *sender != "legacy" {
+                continue;
+            }
+            let (Some(l), Some(e)) = (waited("legacy", id, *n, *a), waited("engine", id, *n, *a))
+            else {
+                continue;
+            };
+            compared += 1;
+            if l.0 != e.0 {
+                let say = |(ok, gap, secs): (bool, u64, u32)| {
+                    format!(
+                        "retried {gap} ms after a 429 with Retry-After: {secs} ({})",
+                        if ok { "waited it out" } else { "ignored it" }
+                    )
+                };
+                out.push(Divergence {
+                    category: Category::RetryDecision,
+                    key: format!("{} attempt {a}", key(id, &driver::endpoint_id(*n))),
+                    legacy: say(l),
+                    engine: say(e),
+                    detail: "one sender honoured Retry-After and the other did not".into(),
+                });
+            }
+        }
+        Ok(CheckReport {
+            check: self.name().into(),
+            categories: self.categories(),
+            compared,
+            divergences: out,
+            description: "after an answer with Retry-After, whether each sender's next attempt                           arrived at the receiver only once it had passed"
+                .into(),
+        })
+    }
+}
+
 // ------------------------------------------------------------------ verdict
 
 /// One expectation and whether it held.
@@ -449,11 +545,15 @@ pub struct Verdict {
 
 /// Judges the checks' findings against the scenario's expectations.
 pub fn judge(scenario: &Scenario, checks: &[CheckReport], settled: bool) -> Verdict {
+    // Per category: divergences summed over the checks that cover it; the
+    // largest of their denominators.
     let mut decided: BTreeMap<Category, (u64, u64)> = BTreeMap::new();
     for c in checks {
         for cat in &c.categories {
             let found = c.divergences.iter().filter(|d| d.category == *cat).count() as u64;
-            decided.insert(*cat, (found, c.compared));
+            let e = decided.entry(*cat).or_insert((0, 0));
+            e.0 += found;
+            e.1 = e.1.max(c.compared);
         }
     }
     let exp = &scenario.expectations;
@@ -769,8 +869,13 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
         "  waiting for deliveries to settle (at most {} s)…",
         scenario.senders.settle_timeout.as_secs()
     );
-    let ([legacy_snap, engine_snap], settled) =
-        settle([&legacy, &engine], &plan, scenario.senders.settle_timeout).await;
+    let ([legacy_snap, engine_snap], settled) = settle(
+        [&legacy, &engine],
+        &plan,
+        &posts,
+        scenario.senders.settle_timeout,
+    )
+    .await;
     let records = receiver.records();
     let counters = receiver.counters();
 

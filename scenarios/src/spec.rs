@@ -1293,12 +1293,14 @@ fn validate_expectations(raw: &RawExpectations) -> Result<Expectations, Fail> {
                     _ => return fail(at, format!("`{s}` is not a percentage from 0% to 100%")),
                 }
             }
-            other => return fail(
-                at,
-                format!(
+            other => {
+                return fail(
+                    at,
+                    format!(
                     "expected a count (like 0) or a percentage string (like \"0.1%\"), got {other}"
                 ),
-            ),
+                )
+            }
         };
         budget.insert(c, b);
     }
