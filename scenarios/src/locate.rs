@@ -142,14 +142,15 @@ fn find_in_table(t: &Table, offset: usize, path: &mut Vec<Step>) -> bool {
         path.push(Step::Key(k.to_string()));
         let key_hit = contains(t.key(k).and_then(|key| key.span()), offset);
         let found = match item {
+            // Children first: a table's own span covers its whole body.
             Item::Table(sub) => {
-                key_hit || contains(sub.span(), offset) || find_in_table(sub, offset, path)
+                find_in_table(sub, offset, path) || key_hit || contains(sub.span(), offset)
             }
             Item::ArrayOfTables(a) => {
                 let mut hit = false;
                 for (i, sub) in a.iter().enumerate() {
                     path.push(Step::Index(i));
-                    if contains(sub.span(), offset) || find_in_table(sub, offset, path) {
+                    if find_in_table(sub, offset, path) || contains(sub.span(), offset) {
                         hit = true;
                         break;
                     }
@@ -219,7 +220,7 @@ mod tests {
                 key("probability"),
             ])
             .unwrap();
-        assert_eq!(line_col(DOC, at), (9, 39));
+        assert_eq!(line_col(DOC, at), (9, 40));
         let at = l.offset_of(&[key("traffic"), key("rate_per_s")]).unwrap();
         assert_eq!(line_col(DOC, at), (4, 14));
         let at = l
