@@ -511,7 +511,7 @@ impl Check for RetryAfterCheck {
             categories: self.categories(),
             compared,
             divergences: out,
-            description: "after an answer with Retry-After, whether each sender's next attempt                           arrived at the receiver only once it had passed"
+            description: "after an answer with Retry-After, whether each sender's next attempt arrived at the receiver only once it had passed"
                 .into(),
         })
     }
