@@ -177,3 +177,32 @@ fn a_bad_file_is_refused_with_its_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn every_other_catalog_scenario_meets_its_expectations_in_short_form() {
+    if !go_available() {
+        return;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(root().join("scenarios/catalog"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "toml")
+                .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+        })
+        // These two have their own tests above.
+        .filter(|n| n != "baseline" && n != "body-stall")
+        .collect();
+    names.sort();
+    assert!(names.len() >= 9, "{names:?}");
+    let mut failed = Vec::new();
+    for name in &names {
+        let (out, s) = run(&catalog(name), name);
+        let passed = s.as_ref().map(|s| s["verdict"]["passed"] == true);
+        if !out.status.success() || passed != Some(true) {
+            failed.push(format!("{name}: {}", explain(&out)));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}

@@ -665,7 +665,11 @@ pub struct SenderSummary {
     pub base: String,
     pub deliveries: usize,
     pub by_state: BTreeMap<String, u64>,
+    /// Attempts recorded by the sender, through its API.
     pub attempts: u64,
+    /// Attempts the receiver simulator saw from this sender (more than
+    /// `attempts` when a crash cut an attempt off before it was recorded).
+    pub receiver_attempts: u64,
     pub restarts: u32,
 }
 
@@ -932,6 +936,10 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
                 deliveries: snap.len(),
                 by_state,
                 attempts: snap.values().map(|d| u64::from(d.attempts)).sum(),
+                receiver_attempts: records
+                    .iter()
+                    .filter(|r| r.sender == side.as_str() && !r.hop && r.attempt > 0)
+                    .count() as u64,
                 restarts,
             },
         );
@@ -1156,17 +1164,18 @@ pub fn render_markdown(s: &Summary) -> String {
     }
     let _ = writeln!(
         m,
-        "\n| sender | what | deliveries | attempts | states | restarts |"
+        "\n| sender | what | deliveries | attempts (API) | attempts (receiver) | states | restarts |"
     );
-    let _ = writeln!(m, "|---|---|---|---|---|---|");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|");
     for (side, x) in &s.senders {
         let states: Vec<String> = x.by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             m,
-            "| {side} | {} | {} | {} | {} | {} |",
+            "| {side} | {} | {} | {} | {} | {} | {} |",
             x.detail,
             x.deliveries,
             x.attempts,
+            x.receiver_attempts,
             states.join(", "),
             x.restarts
         );
@@ -1224,4 +1233,117 @@ pub fn render_markdown(s: &Summary) -> String {
 /// A boxed future, for stage implementations.
 pub fn boxed<'a, T>(f: impl Future<Output = T> + Send + 'a) -> BoxFuture<'a, T> {
     f.boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(expectations: &str) -> Scenario {
+        let text = format!(
+            "name = \"t\"\n[endpoints]\ncount = 2\nmix = [{{ behaviour = \"ok\" }}]\n\
+             [traffic]\nrate_per_s = 1\ncount = 1\n[expectations]\n{expectations}\n"
+        );
+        Scenario::parse(&text, Path::new("t.toml"), false).unwrap()
+    }
+
+    fn report(cats: &[Category], compared: u64, found: &[Category]) -> CheckReport {
+        CheckReport {
+            check: "x".into(),
+            categories: cats.to_vec(),
+            compared,
+            divergences: found
+                .iter()
+                .map(|c| Divergence {
+                    category: *c,
+                    key: "k".into(),
+                    legacy: "a".into(),
+                    engine: "b".into(),
+                    detail: String::new(),
+                })
+                .collect(),
+            description: String::new(),
+        }
+    }
+
+    fn result(v: &Verdict, c: Category) -> &ExpectationResult {
+        v.expectations.iter().find(|e| e.category == c).unwrap()
+    }
+
+    use Category::*;
+
+    #[test]
+    fn an_unlisted_category_has_a_budget_of_zero() {
+        let s = scenario("");
+        let v = judge(&s, &[report(&[StateTransition], 10, &[])], true);
+        assert!(v.passed);
+        let v = judge(
+            &s,
+            &[report(&[StateTransition], 10, &[StateTransition])],
+            true,
+        );
+        assert!(!v.passed);
+        assert!(result(&v, StateTransition)
+            .message
+            .contains("over the budget"));
+    }
+
+    #[test]
+    fn percentage_budgets_use_the_compared_count() {
+        let s = scenario("budget = { retry_decision = \"10%\" }");
+        let one = [RetryDecision];
+        assert!(judge(&s, &[report(&one, 10, &one)], true).passed);
+        assert!(!judge(&s, &[report(&one, 5, &one)], true).passed);
+    }
+
+    #[test]
+    fn exposing_needs_at_least_one_and_is_otherwise_unlimited() {
+        let s = scenario("expose = [\"payload\"]");
+        let v = judge(&s, &[report(&[Payload], 3, &[])], true);
+        assert!(!v.passed);
+        assert!(result(&v, Payload).message.contains("none was found"));
+        let v = judge(
+            &s,
+            &[report(&[Payload], 3, &[Payload, Payload, Payload])],
+            true,
+        );
+        assert!(v.passed);
+    }
+
+    #[test]
+    fn categories_no_check_covers_are_not_evaluated_rather_than_passed() {
+        let s = scenario("expose = [\"signature\"]\nbudget = { header = 0 }");
+        let v = judge(&s, &[report(&[StateTransition], 1, &[])], true);
+        let sig = result(&v, Signature);
+        assert!(!sig.evaluated && sig.message.contains("not evaluated"));
+        assert!(!result(&v, Header).evaluated);
+        // Categories neither covered nor mentioned are left out.
+        assert!(v.expectations.iter().all(|e| e.category != Extra));
+    }
+
+    #[test]
+    fn divergences_add_up_across_checks_and_unsettled_runs_fail() {
+        let s = scenario("budget = { retry_decision = 1 }");
+        let one = [RetryDecision];
+        let v = judge(&s, &[report(&one, 4, &one), report(&one, 2, &one)], true);
+        assert_eq!(result(&v, RetryDecision).found, 2);
+        assert!(!v.passed);
+        let v = judge(&s, &[report(&one, 4, &[])], false);
+        assert!(!v.passed);
+        assert!(v.failures[0].contains("settle"));
+    }
+
+    #[test]
+    fn sender_states_map_onto_the_canonical_names() {
+        for (raw, canonical) in [
+            ("success", "succeeded"),
+            ("retrying", "retry_scheduled"),
+            ("sending", "in_flight"),
+            ("failed", "failed"),
+            ("pending", "pending"),
+            ("succeeded", "succeeded"),
+        ] {
+            assert_eq!(canonical_state(raw), canonical);
+        }
+    }
 }
