@@ -1,6 +1,8 @@
 //! The `hookshift` command: argument parsing and wiring only. The work is
 //! done by the library crates (`engine`, `proxy`, `comparator`, `scenarios`).
 
+mod cli_scenario;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: cli_gate::GateCommand,
     },
+    /// Rehearse a migration: run a scenario against a simulated receiver fleet.
+    Scenario(cli_scenario::ScenarioArgs),
 }
 
 #[derive(clap::Args)]
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conformance(args) => conformance(args),
         Command::Compare(args) => exit_with(cli_compare::run(args).await?),
         Command::Gate { command } => exit_with(cli_gate::run(command).await?),
+        Command::Scenario(args) => cli_scenario::run(args, shutdown_signal()).await,
     }
 }
 
