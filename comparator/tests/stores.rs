@@ -199,6 +199,7 @@ async fn engine_db(path: &Path, attempts: &[(OutcomeClass, DeliveryState, Option
         let c = &claimed[0];
         let rec = AttemptRecord {
             delivery_id: c.id.clone(),
+            endpoint_id: c.endpoint_id.clone(),
             owner: "w1".into(),
             attempt: c.attempt,
             to: *to,
@@ -216,7 +217,11 @@ async fn engine_db(path: &Path, attempts: &[(OutcomeClass, DeliveryState, Option
             finished_at: at + 40,
             disable_endpoint: None,
         };
-        assert!(store.record_attempt(&rec).await.unwrap());
+        let recorded = store
+            .record_attempt(&rec, &engine::breaker::BreakerPolicy::default())
+            .await
+            .unwrap();
+        assert!(recorded.moved);
     }
     store.close().await;
 }
