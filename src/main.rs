@@ -5,6 +5,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod cli_proxy;
+
 #[derive(Parser)]
 #[command(
     name = "hookshift",
@@ -27,6 +29,21 @@ enum Command {
     Sign(SignArgs),
     /// Check, on generated payloads, that a profile's bytes equal a legacy oracle's.
     Conformance(ConformanceArgs),
+    /// The tee proxy: ingress mirroring, egress record/replay, ramp.
+    Proxy {
+        #[command(subcommand)]
+        command: cli_proxy::ProxyCommand,
+    },
+    /// Read or move the ramp stage through the proxy's admin listener.
+    Ramp {
+        #[command(subcommand)]
+        command: cli_proxy::RampCommand,
+    },
+    /// The capture store the proxy writes.
+    Captures {
+        #[command(subcommand)]
+        command: cli_proxy::CapturesCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,6 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(args) => sign(args),
         Command::Conformance(args) => conformance(args),
+        Command::Proxy { command } => cli_proxy::proxy(command, shutdown_signal()).await,
+        Command::Ramp { command } => cli_proxy::ramp(command).await,
+        Command::Captures { command } => cli_proxy::captures(command).await,
     }
 }
 
