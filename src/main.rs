@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 mod cli_compare;
 mod cli_gate;
+mod cli_proxy;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,21 @@ enum Command {
     },
     /// Rehearse a migration: run a scenario against a simulated receiver fleet.
     Scenario(cli_scenario::ScenarioArgs),
+    /// The tee proxy: ingress mirroring, egress record/replay, ramp.
+    Proxy {
+        #[command(subcommand)]
+        command: cli_proxy::ProxyCommand,
+    },
+    /// Read or move the ramp stage through the proxy's admin listener.
+    Ramp {
+        #[command(subcommand)]
+        command: cli_proxy::RampCommand,
+    },
+    /// The capture store the proxy writes.
+    Captures {
+        #[command(subcommand)]
+        command: cli_proxy::CapturesCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -168,6 +184,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => exit_with(cli_compare::run(args).await?),
         Command::Gate { command } => exit_with(cli_gate::run(command).await?),
         Command::Scenario(args) => cli_scenario::run(args, shutdown_signal()).await,
+        Command::Proxy { command } => cli_proxy::proxy(command, shutdown_signal()).await,
+        Command::Ramp { command } => cli_proxy::ramp(command).await,
+        Command::Captures { command } => cli_proxy::captures(command).await,
     }
 }
 

@@ -206,3 +206,67 @@ fn every_other_catalog_scenario_meets_its_expectations_in_short_form() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
+
+/// Ctrl-C (SIGINT to hookshift alone) in the middle of the traffic: the run
+/// stops promptly and both senders it started are gone.
+#[cfg(unix)]
+#[test]
+fn interrupting_a_run_stops_every_sender_it_started() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    if !go_available() {
+        return;
+    }
+    let reports =
+        std::env::temp_dir().join(format!("hookshift-e2e-{}-interrupt", std::process::id()));
+    // The full baseline takes half a minute of traffic: long enough to interrupt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookshift"))
+        .args(["scenario", "run", "--no-progress"])
+        .arg(catalog("baseline"))
+        .arg("--reports")
+        .arg(&reports)
+        .arg("--repo")
+        .arg(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut senders = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some((_, url)) = line.split_once("sender listening on ") {
+            senders.push(url.trim_start_matches("http://").to_string());
+        }
+        if line.contains("events at") {
+            break;
+        }
+    }
+    assert_eq!(senders.len(), 2, "both senders announced: {senders:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("hookshift did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exit.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    for addr in senders {
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "a sender still listens on {addr}"
+        );
+    }
+}

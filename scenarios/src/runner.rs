@@ -794,6 +794,7 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
                 }
                 eprintln!("  starting the {side} sender…");
                 let p = SenderProcess::start(launch).await?;
+                eprintln!("  {side} sender listening on {}", p.base);
                 bases.insert(side, p.base.clone());
                 procs.insert(side, Arc::new(Mutex::new(p)));
             }
