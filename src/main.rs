@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod cli_compare;
+mod cli_demo;
 mod cli_gate;
 mod cli_proxy;
 
@@ -42,6 +43,9 @@ enum Command {
     },
     /// Rehearse a migration: run a scenario against a simulated receiver fleet.
     Scenario(cli_scenario::ScenarioArgs),
+    /// The whole harness in a couple of minutes: legacy and engine through the
+    /// tee proxy, the comparator, and the gate ramping 0 → 100%.
+    Demo(cli_demo::DemoArgs),
     /// The tee proxy: ingress mirroring, egress record/replay, ramp.
     Proxy {
         #[command(subcommand)]
@@ -184,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => exit_with(cli_compare::run(args).await?),
         Command::Gate { command } => exit_with(cli_gate::run(command).await?),
         Command::Scenario(args) => cli_scenario::run(args, shutdown_signal()).await,
+        Command::Demo(args) => cli_demo::run(args, shutdown_signal()).await,
         Command::Proxy { command } => cli_proxy::proxy(command, shutdown_signal()).await,
         Command::Ramp { command } => cli_proxy::ramp(command).await,
         Command::Captures { command } => cli_proxy::captures(command).await,

@@ -108,6 +108,8 @@ pub struct GateReport {
     pub gate: String,
     pub decision: String,
     pub reasons: Vec<String>,
+    /// demo: every ramp step the gate decided, one line each (stages.rs).
+    pub steps: Vec<String>,
 }
 
 /// The pluggable part of a run.
@@ -754,7 +756,16 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
     // sender waits, so the sender's timeout is what ends it.
     let fleet = Fleet::new(scenario.seed, &scenario.endpoints);
     let hold = scenario.senders.timeout * 3 + Duration::from_secs(5);
-    let receiver = Receiver::start_with(fleet, &["legacy", "engine"], hold)
+    // demo: with a proxy stage, both senders are told the same endpoint
+    // URLs (on a third listener, "proxy"), because the proxy pairs their
+    // attempts by (event id, endpoint URL, attempt); the receiver then
+    // counts attempts per real request, whichever sender made it.
+    let labels: &[&str] = if opts.stages.proxy.is_some() {
+        &["legacy", "engine", "proxy"]
+    } else {
+        &["legacy", "engine"]
+    };
+    let receiver = Receiver::start_with(fleet, labels, hold)
         .await
         .map_err(RunError::Receiver)?;
     let mut receiver_urls = BTreeMap::new();
@@ -780,6 +791,10 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
                 if let Some(url) = egress.get(&side) {
                     match spec {
                         SenderSpec::Legacy { .. } => {
+                            launch.args.push(format!("--egress-proxy={url}"));
+                        }
+                        // demo: `hookshift engine serve --egress-proxy URL`.
+                        SenderSpec::Engine { .. } => {
                             launch.args.push(format!("--egress-proxy={url}"));
                         }
                         _ => {
@@ -816,10 +831,11 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
         plan.events.len(),
         scenario.traffic.rate_per_s
     );
+    let shared_label = opts.stages.proxy.as_ref().map(|_| "proxy"); // demo
     for (api, side) in [(&legacy, Side::Legacy), (&engine, Side::Engine)] {
         for ep in &plan.endpoints {
             let url = receiver
-                .endpoint_url(side.as_str(), ep.index)
+                .endpoint_url(shared_label.unwrap_or(side.as_str()), ep.index)
                 .unwrap_or_default();
             api.upsert_endpoint(ep, &url).await?;
         }
@@ -989,7 +1005,7 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
         gate,
         receiver: counters,
         verdict: verdict.clone(),
-        note: if opts.stages.proxy.is_none() {
+        note: if opts.stages.proxy.is_none() && opts.stages.gate.is_none() {
             "Checked by the runner's built-in comparison (final delivery states and attempt \
              counts through both senders' APIs, their answers to each event post, and the \
              first-attempt body bytes the receiver simulator saw). This is not the comparator: \
@@ -1222,6 +1238,13 @@ pub fn render_markdown(s: &Summary) -> String {
             g.decision,
             g.reasons.join("; ")
         );
+        // demo: the ramp steps the gate took (stages.rs).
+        if !g.steps.is_empty() {
+            let _ = writeln!(m, "\nRamp steps (details in ramp.md):\n");
+            for st in &g.steps {
+                let _ = writeln!(m, "- {st}");
+            }
+        }
     }
     let _ = writeln!(m, "\n## Receiver\n\n{} requests.\n", s.receiver.requests);
     for (sender, actions) in &s.receiver.by_sender_action {
