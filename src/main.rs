@@ -133,6 +133,9 @@ struct ServeArgs {
     /// Send every delivery through this HTTP forward proxy (the tee proxy's egress listener).
     #[arg(long)]
     egress_proxy: Option<String>,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker; 0 turns it off.
+    #[arg(long)]
+    breaker_failures: Option<u32>,
 }
 
 #[tokio::main]
@@ -177,6 +180,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(proxy) = args.egress_proxy {
                 cfg.worker.egress_proxy = Some(proxy);
+            }
+            if let Some(n) = args.breaker_failures {
+                cfg.worker.breaker.failures = n;
             }
             let cfg = cfg.validate()?;
             engine::server::run(cfg, shutdown_signal())
