@@ -29,10 +29,18 @@ fn go_available() -> bool {
 /// Runs `hookshift scenario run FILE --short` with reports in a fresh
 /// directory; returns the output and the run's summary.json (if written).
 fn run(file: &Path, name: &str) -> (Output, Option<Value>) {
+    run_with(file, name, &[])
+}
+
+/// demo: `run` with extra flags, e.g. `--builtin-checks` for the tests
+/// written against the runner's own checks (the default is now the tee
+/// proxy, the comparator and the gate; tests/demo_e2e.rs covers those).
+fn run_with(file: &Path, name: &str, extra: &[&str]) -> (Output, Option<Value>) {
     let reports = std::env::temp_dir().join(format!("hookshift-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&reports);
     let out = Command::new(env!("CARGO_BIN_EXE_hookshift"))
         .args(["scenario", "run", "--short", "--no-progress"])
+        .args(extra)
         .arg(file)
         .arg("--reports")
         .arg(&reports)
@@ -83,7 +91,7 @@ fn baseline_shows_no_difference() {
     if !go_available() {
         return;
     }
-    let (out, s) = run(&catalog("baseline"), "baseline");
+    let (out, s) = run_with(&catalog("baseline"), "baseline", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     assert_eq!(s["verdict"]["passed"], true);
@@ -120,7 +128,7 @@ fn body_stall_shows_the_legacy_early_success_bug() {
     if !go_available() {
         return;
     }
-    let (out, s) = run(&catalog("body-stall"), "body-stall");
+    let (out, s) = run_with(&catalog("body-stall"), "body-stall", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     let st = expectation(&s, "state_transition");
