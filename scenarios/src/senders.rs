@@ -262,6 +262,8 @@ pub fn launch_for(
             args,
         } => {
             let config = work.join("engine.toml");
+            // demo: the engine's circuit breaker (merged from the worker
+            // branch) is off in scenario runs; see the comment written below.
             let text = format!(
                 "# Written by `hookshift scenario run`.\n\
                  default_profile = {profile:?}\n\n\
@@ -269,7 +271,11 @@ pub fn launch_for(
                  retry_schedule = {schedule:?}\n\
                  deadline = {deadline:?}\n\
                  lease = {lease:?}\n\
-                 allow_cidrs = [\"127.0.0.0/8\"]\n",
+                 allow_cidrs = [\"127.0.0.0/8\"]\n\n\
+                 # The legacy has no circuit breaker: a rehearsal compares\n\
+                 # like for like (`--breaker-failures N` in args turns it on).\n\
+                 [worker.breaker]\n\
+                 failures = 0\n",
                 deadline = go_duration(senders.timeout),
                 lease = go_duration(*lease),
             );
