@@ -33,6 +33,7 @@
 //! hang_limit = "10m"       # longest a replayed timeout holds a connection
 //! shadow_only_status = 503
 //! shadow_only_body = "hookshift: no primary exchange for this attempt"
+//! sender_header = ""       # passthrough only: add NAME: legacy|engine to forwarded requests
 //! ```
 
 use crate::capture::SenderName;
@@ -105,6 +106,11 @@ pub struct EgressSection {
     pub hang_limit: String,
     pub shadow_only_status: u16,
     pub shadow_only_body: String,
+    /// demo: in passthrough mode, a header naming the sender (`legacy` or
+    /// `engine`) added to each forwarded request, so a receiver simulator
+    /// that both senders reach at the same URL can tell them apart; empty:
+    /// none. The captured request is the sender's, without it.
+    pub sender_header: String,
 }
 
 impl Default for ProxyConfig {
@@ -152,6 +158,7 @@ impl Default for EgressSection {
             hang_limit: "10m".into(),
             shadow_only_status: 503,
             shadow_only_body: "hookshift: no primary exchange for this attempt".into(),
+            sender_header: String::new(),
         }
     }
 }
@@ -208,6 +215,8 @@ pub struct ValidConfig {
     pub hang_limit: Duration,
     pub shadow_only_status: u16,
     pub shadow_only_body: String,
+    /// demo: see [`EgressSection::sender_header`].
+    pub sender_header: Option<String>,
 }
 
 impl ValidConfig {
@@ -357,6 +366,16 @@ impl ProxyConfig {
             hang_limit: dur("egress.hang_limit", &e.hang_limit)?,
             shadow_only_status: e.shadow_only_status,
             shadow_only_body: e.shadow_only_body.clone(),
+            sender_header: match e.sender_header.as_str() {
+                "" => None,
+                h if h.bytes().all(is_token_byte) => Some(h.to_string()),
+                h => {
+                    return Err(invalid(
+                        "egress.sender_header",
+                        format!("`{h}` is not a header name"),
+                    ))
+                }
+            },
         })
     }
 }

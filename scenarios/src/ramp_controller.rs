@@ -226,17 +226,10 @@ pub async fn compare_settled(
     cfg: &ControllerConfig,
     name: &str,
 ) -> Result<(Report, u64), String> {
+    // The databases first: the proxy commits each exchange before its
+    // sender sees the answer, so every attempt a database already shows as
+    // finished is in the capture store by the time it is read next.
     let mut data = Dataset::default();
-    load::load_captures(
-        &cfg.captures_url,
-        CaptureFilter::Both,
-        &mut data.legacy,
-        &mut data.engine,
-        Some(&mut data.ingress),
-        |_| {},
-    )
-    .await
-    .map_err(|e| e.to_string())?;
     if let Some(url) = &cfg.engine_db {
         load::load_engine_db(url, &mut data.engine)
             .await
@@ -247,6 +240,16 @@ pub async fn compare_settled(
             .await
             .map_err(|e| e.to_string())?;
     }
+    load::load_captures(
+        &cfg.captures_url,
+        CaptureFilter::Both,
+        &mut data.legacy,
+        &mut data.engine,
+        Some(&mut data.ingress),
+        |_| {},
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     // A side without a database has no states to wait for: its captured
     // exchanges are all there is.
     let done = |h: &History, has_db: bool| !has_db || terminal(h);

@@ -434,6 +434,9 @@ impl TeeProxy {
             EgressMode::Passthrough => "passthrough".into(),
         };
         cfg.egress.pairing_wait = go_duration(pairing);
+        // In passthrough both senders reach the receiver at the same URLs;
+        // this header lets it count each sender's attempts apart.
+        cfg.egress.sender_header = crate::receiver::SENDER_HEADER.into();
         cfg.egress.upstream_timeout = go_duration(s.timeout * 2 + Duration::from_secs(1));
         cfg.egress.hang_limit = go_duration(s.timeout * 2 + Duration::from_secs(1));
         let cfg = cfg.validate().map_err(|e| stage_err("proxy", e))?;

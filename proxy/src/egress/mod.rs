@@ -254,7 +254,12 @@ impl Egress {
 
         let (answer, gave_up) = match role {
             Role::Primary | Role::Passthrough => {
-                let fwd = self.forward(client, wr, &head, &body, &target).await;
+                // demo: passthrough may name the sender to the receiver.
+                let tag = match (role, &self.cfg.sender_header) {
+                    (Role::Passthrough, Some(h)) => Some((h.as_str(), sender.as_str())),
+                    _ => None,
+                };
+                let fwd = self.forward(client, wr, &head, &body, &target, tag).await;
                 relayed = fwd.relayed;
                 if role == Role::Primary {
                     self.pairing.publish(key, fwd.replay.clone());
@@ -432,9 +437,10 @@ impl Egress {
         head: &RequestHead,
         body: &wire::Body,
         target: &AbsoluteTarget,
+        tag: Option<(&str, &str)>,
     ) -> Forwarded {
         let started = Instant::now();
-        let exchange = exchange(head, body, target);
+        let exchange = exchange(head, body, target, tag);
         let result = tokio::select! {
             r = tokio::time::timeout(self.cfg.upstream_timeout, exchange) => match r {
                 Ok(r) => r,
@@ -719,7 +725,11 @@ impl AbsoluteTarget {
 
 /// The forwarded head: origin-form target, the sender's header lines in
 /// their case and order minus the proxy's hop-by-hop ones.
-fn forwarded_head(head: &RequestHead, target: &AbsoluteTarget) -> Vec<u8> {
+fn forwarded_head(
+    head: &RequestHead,
+    target: &AbsoluteTarget,
+    tag: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -738,6 +748,9 @@ fn forwarded_head(head: &RequestHead, target: &AbsoluteTarget) -> Vec<u8> {
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    if let Some((name, value)) = tag {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
     out
 }
@@ -748,6 +761,7 @@ async fn exchange(
     head: &RequestHead,
     body: &wire::Body,
     target: &AbsoluteTarget,
+    tag: Option<(&str, &str)>,
 ) -> Result<Upstream, (&'static str, String)> {
     let mut stream = match TcpStream::connect((target.host.as_str(), target.port)).await {
         Ok(s) => s,
@@ -757,7 +771,7 @@ async fn exchange(
         Err(e) => return Err(("error", format!("connect to {}: {e}", target.authority))),
     };
     let _ = stream.set_nodelay(true);
-    let mut out = forwarded_head(head, target);
+    let mut out = forwarded_head(head, target, tag);
     out.extend_from_slice(&body.raw);
     if let Err(e) = stream.write_all(&out).await {
         return Err(("reset", format!("writing the request: {e}")));
@@ -879,7 +893,7 @@ mod tests {
         };
         let t = AbsoluteTarget::parse(&head.target).unwrap();
         assert_eq!(
-            String::from_utf8(forwarded_head(&head, &t)).unwrap(),
+            String::from_utf8(forwarded_head(&head, &t, None)).unwrap(),
             "POST /x HTTP/1.1\r\nHost: h:1\r\nX-Event-Id: evt\r\ncontent-length: 2\r\n\r\n"
         );
     }
