@@ -9,9 +9,12 @@
 //!    URL; the runner starts both senders with `--egress-proxy URL` and
 //!    points every endpoint of both at one receiver listener, so the
 //!    pairing key (event id, endpoint URL, attempt) is the same on both
-//!    sides. In replay mode only the primary's request reaches the
-//!    receiver; the shadow is answered from the primary's recorded
-//!    exchange. In passthrough mode both reach it.
+//!    sides. In replay mode (the default with a ramp plan) only the
+//!    primary's request reaches the receiver; the shadow is answered from
+//!    the primary's recorded exchange. In passthrough mode (the default
+//!    without one, as DESIGN.md allows for scenario runs) both reach it,
+//!    each named by the proxy's sender header so the receiver counts their
+//!    attempts apart.
 //! 2. With a ramp plan (and replay mode), the [`ramp_controller`] walks the
 //!    stages while the traffic runs: after each soak it compares what has
 //!    settled, asks the gate, and applies its decision to the proxy's ramp.
@@ -28,7 +31,7 @@
 //!
 //! ```toml
 //! [proxy]
-//! mode = "replay"            # replay (default) | passthrough
+//! mode = "replay"            # replay | passthrough (default: replay with a ramp plan)
 //!
 //! [rules]                    # merged over the derived comparator rules (rules.toml keys)
 //! headers = { ignore = ["Accept"] }
@@ -211,7 +214,13 @@ impl Settings {
         };
         let harness = file.is_some().then(|| path.clone());
         let file = file.unwrap_or_default();
+        // Without a ramp plan nothing decides who is primary, and the
+        // receiver simulator gives both senders the same behaviour at the
+        // same attempt by itself; passthrough then keeps the two senders'
+        // timing independent (in replay a shadow's answer waits for the
+        // primary's, so their skew can time the shadow out alone).
         let mode = match file.proxy.as_ref().map(|p| p.mode.as_str()) {
+            None if scenario.ramp.is_none() => EgressMode::Passthrough,
             None | Some("replay") => EgressMode::Replay,
             Some("passthrough") => EgressMode::Passthrough,
             Some(other) => {
