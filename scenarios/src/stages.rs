@@ -737,3 +737,69 @@ impl GateStage for RampGate {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIO: &str = "name = \"t\"\nseed = 1\n[endpoints]\ncount = 2\nmix = [{ behaviour = \"ok\" }]\n\
+        [traffic]\nrate_per_s = 1\ncount = 1\n[senders]\nretry_schedule = [\"100ms\", \"200ms\"]\n\
+        [senders.engine]\nprofile = \"legacy\"\n[ramp]\nstages = [0, 5, 100]\nsoak = \"2s\"\n\
+        [expectations]\nbudget = { header = \"100%\", retry_decision = 3 }\nexpose = [\"payload\"]\n";
+
+    fn scenario_in(dir: &Path, text: &str) -> Scenario {
+        let file = dir.join("t.toml");
+        std::fs::write(&file, text).unwrap();
+        Scenario::load(&file, false).unwrap()
+    }
+
+    #[test]
+    fn rules_and_policy_follow_the_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scenario_in(dir.path(), SCENARIO);
+        let set = Settings::for_scenario(&s).unwrap();
+        assert_eq!(set.mode, EgressMode::Replay, "a ramp plan needs replay");
+        assert_eq!(set.policy.stages, [0.0, 5.0, 100.0]);
+        use comparator::Category as C;
+        assert_eq!(set.policy.budgets[&C::Header], gate::Budget::Rate(1.0));
+        assert_eq!(set.policy.budgets[&C::RetryDecision], gate::Budget::Count(3));
+        // What a rehearsal means to expose is still over the gate's budget.
+        assert_eq!(set.policy.budgets[&C::Payload], gate::Budget::Count(0));
+        assert!(set.rules_text.contains("\"100ms\""), "{}", set.rules_text);
+        assert!(set.rules.engine.profile.is_some());
+
+        let no_ramp = SCENARIO.replace("[ramp]\nstages = [0, 5, 100]\nsoak = \"2s\"\n", "");
+        let s = scenario_in(dir.path(), &no_ramp);
+        assert_eq!(
+            Settings::for_scenario(&s).unwrap().mode,
+            EgressMode::Passthrough
+        );
+    }
+
+    #[test]
+    fn a_harness_file_overrides_and_its_errors_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scenario_in(dir.path(), SCENARIO);
+        std::fs::create_dir_all(dir.path().join("harness")).unwrap();
+        let harness = dir.path().join("harness/t.toml");
+        std::fs::write(
+            &harness,
+            "[proxy]\nmode = \"passthrough\"\n[rules.retry]\ntolerance_ms = 3000\n",
+        )
+        .unwrap();
+        let set = Settings::for_scenario(&s).unwrap();
+        assert_eq!(set.mode, EgressMode::Passthrough);
+        assert_eq!(set.rules.tolerance_ms, 3000);
+        assert_eq!(set.harness.as_deref(), Some(harness.as_path()));
+
+        std::fs::write(&harness, "[proxy]\nmode = \"mirror\"\n").unwrap();
+        let err = Settings::for_scenario(&s).unwrap_err().to_string();
+        assert!(err.contains("t.toml") && err.contains("proxy.mode"), "{err}");
+        std::fs::write(&harness, "[proxy]\nmod = \"replay\"\n").unwrap();
+        let err = Settings::for_scenario(&s).unwrap_err().to_string();
+        assert!(err.contains("t.toml") && err.contains("mod"), "{err}");
+        std::fs::write(&harness, "[gate]\nstages = [5, 1]\n").unwrap();
+        let err = Settings::for_scenario(&s).unwrap_err().to_string();
+        assert!(err.contains("[gate]") && err.contains("stages"), "{err}");
+    }
+}
