@@ -30,6 +30,9 @@ fn go_available() -> bool {
     false
 }
 
+/// The runs are timing-sensitive and the machine has two cores: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn explain(out: &Output) -> String {
     format!(
         "stdout:\n{}\nstderr:\n{}",
@@ -119,6 +122,7 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
     if !go_available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (out, dir) = run(&["demo", "--short", "--no-progress"], "demo");
     assert!(out.status.success(), "{}", explain(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -131,8 +135,12 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
     let (store, _) = check_one_real_request_per_attempt(&dir).await;
 
     // The early-success bug, with its evidence: the legacy recorded
-    // success for an exchange whose body never completed; the engine
-    // recorded a body read failure and failed the delivery.
+    // success for an exchange whose body never completed; the engine did
+    // not. As primary the engine reads the partial body and records a body
+    // read failure; as shadow it is answered only once the legacy's
+    // exchange has ended (at the legacy's own timeout), so when it started
+    // first its own deadline may pass before that, and it records a
+    // timeout. Either way it retries and fails the delivery.
     let report = json(&dir.join("report.json"));
     let divs = report["divergences"].as_array().unwrap();
     let early: Vec<&Value> = divs
@@ -143,10 +151,17 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
     for d in &early {
         assert_eq!(d["category"], "timeout_classification", "{d}");
         assert_eq!(d["legacy"]["recorded_outcome"], "ok", "{d}");
-        assert_eq!(d["engine"]["recorded_outcome"], "body_read", "{d}");
+        let engine = d["engine"]["recorded_outcome"].as_str().unwrap_or_default();
+        assert!(matches!(engine, "body_read" | "timeout"), "{d}");
         let note = d["legacy"]["exchange"]["note"].as_str().unwrap_or_default();
         assert!(note.contains("partial body: 10 of 1000 bytes"), "{d}");
     }
+    assert!(
+        early
+            .iter()
+            .any(|d| d["engine"]["recorded_outcome"] == "body_read"),
+        "the engine never saw the stalled body"
+    );
     assert!(
         divs.iter().any(|d| d["category"] == "state_transition"
             && d["severity"] == "critical"),
@@ -191,6 +206,7 @@ async fn the_ramp_advances_stage_by_stage_when_the_senders_agree() {
     if !go_available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (out, dir) = run(
         &["scenario", "run", "--short", "--no-progress", "ramp"],
         "ramp",
