@@ -270,3 +270,46 @@ fn interrupting_a_run_stops_every_sender_it_started() {
         );
     }
 }
+
+/// A `command` sender: any process that serves the platform API and prints
+/// its listening line (here the legacy binary, started through sh -c).
+#[test]
+fn a_command_sender_is_started_and_compared_like_the_fixture() {
+    if !go_available() {
+        return;
+    }
+    let bin = scenarios::senders::legacy_binary(&root()).expect("build the legacy fixture");
+    let dir = std::env::temp_dir().join(format!("hookshift-e2e-{}-command", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("command-sender.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "command-sender"
+[endpoints]
+count = 3
+mix = [{{ behaviour = "ok" }}]
+[traffic]
+rate_per_s = 20
+count = 6
+[senders]
+timeout = "1s"
+retry_schedule = ["100ms"]
+settle_timeout = "20s"
+[senders.legacy]
+kind = "command"
+command = "{} serve --listen {{listen}} --database-url {{database_url}} --retry-schedule 100ms --timeout 1s"
+[short]
+traffic = {{ count = 6 }}
+"#,
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let (out, s) = run(&file, "command-sender");
+    assert!(out.status.success(), "{}", explain(&out));
+    let s = s.expect("a report");
+    assert_eq!(s["senders"]["legacy"]["kind"], "command");
+    assert_eq!(s["senders"]["legacy"]["by_state"]["succeeded"], 6);
+    assert_eq!(s["senders"]["engine"]["by_state"]["succeeded"], 6);
+}

@@ -117,7 +117,8 @@ async fn spawn(launch: &Launch, listen: &str) -> Result<(Child, String), SenderE
         .collect();
     let mut cmd = if launch.shell {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(args.join(" "));
+        // exec: the sender replaces the shell, so a kill reaches it.
+        c.arg("-c").arg(format!("exec {}", args.join(" ")));
         c
     } else {
         let mut c = Command::new(&launch.program);
