@@ -313,3 +313,88 @@ traffic = {{ count = 6 }}
     assert_eq!(s["senders"]["legacy"]["by_state"]["succeeded"], 6);
     assert_eq!(s["senders"]["engine"]["by_state"]["succeeded"], 6);
 }
+
+/// The stage boundary: a check plugged in beside the built-in ones (as the
+/// comparator will be) sees the run's evidence, and what it finds is
+/// judged against the scenario's budgets.
+#[test]
+fn a_plugged_in_check_is_run_and_judged() {
+    use scenarios::runner::{
+        self, CheckReport, Divergence, Evidence, RunError, RunOptions, Stages, SyncCheck,
+    };
+    use scenarios::spec::{Category, Scenario};
+
+    struct EveryDeliveryIsASignatureDivergence;
+    impl SyncCheck for EveryDeliveryIsASignatureDivergence {
+        fn name(&self) -> &str {
+            "test-signature"
+        }
+        fn categories(&self) -> Vec<Category> {
+            vec![Category::Signature]
+        }
+        fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+            assert!(
+                ev.work.join("legacy.db").exists(),
+                "the legacy's database is evidence"
+            );
+            assert!(
+                ev.work.join("engine.db").exists(),
+                "the engine's database is evidence"
+            );
+            Ok(CheckReport {
+                check: "test-signature".into(),
+                categories: vec![Category::Signature],
+                compared: ev.legacy.len() as u64,
+                divergences: ev
+                    .legacy
+                    .keys()
+                    .map(|(e, p)| Divergence {
+                        category: Category::Signature,
+                        key: format!("{e} → {p}"),
+                        legacy: "a".into(),
+                        engine: "b".into(),
+                        detail: "made up by the test".into(),
+                    })
+                    .collect(),
+                description: "a test check".into(),
+            })
+        }
+    }
+
+    if !go_available() {
+        return;
+    }
+    let scenario = Scenario::load(&catalog("baseline"), true).unwrap();
+    let mut stages = Stages::builtin();
+    stages
+        .checks
+        .push(Box::new(EveryDeliveryIsASignatureDivergence));
+    let reports =
+        std::env::temp_dir().join(format!("hookshift-e2e-{}-plugged", std::process::id()));
+    let opts = RunOptions {
+        tools: scenarios::senders::Toolbox {
+            repo_root: root(),
+            hookshift: PathBuf::from(env!("CARGO_BIN_EXE_hookshift")),
+        },
+        reports_dir: reports,
+        progress: false,
+        stages,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt
+        .block_on(runner::run(&scenario, opts, std::future::pending()))
+        .unwrap();
+    assert!(!outcome.verdict.passed, "baseline's signature budget is 0");
+    let sig = outcome
+        .verdict
+        .expectations
+        .iter()
+        .find(|e| e.category == Category::Signature)
+        .unwrap();
+    assert!(sig.evaluated && !sig.ok && sig.found > 0, "{sig:?}");
+    assert!(outcome
+        .summary
+        .checks
+        .iter()
+        .any(|c| c.check == "test-signature"));
+}

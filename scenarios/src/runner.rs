@@ -88,18 +88,39 @@ pub trait Check: Send + Sync {
     /// category their divergences add up (so a comparator replaces the
     /// built-in checks rather than joining them).
     fn categories(&self) -> Vec<Category>;
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError>;
+    /// Asynchronous, because a comparator reads databases.
+    fn check<'a>(&'a self, ev: &'a Evidence<'a>) -> BoxFuture<'a, Result<CheckReport, RunError>>;
 }
 
-/// A gate that reads the checks' results and decides about the ramp.
+/// A check that needs no I/O: implement this, and `Check` comes with it.
+pub trait SyncCheck: Send + Sync {
+    fn name(&self) -> &str;
+    fn categories(&self) -> Vec<Category>;
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError>;
+}
+
+impl<T: SyncCheck> Check for T {
+    fn name(&self) -> &str {
+        SyncCheck::name(self)
+    }
+    fn categories(&self) -> Vec<Category> {
+        SyncCheck::categories(self)
+    }
+    fn check<'a>(&'a self, ev: &'a Evidence<'a>) -> BoxFuture<'a, Result<CheckReport, RunError>> {
+        boxed(std::future::ready(self.compare(ev)))
+    }
+}
+
+/// A gate that reads the checks' results and decides about the ramp
+/// (asynchronous, because applying a stage talks to the proxy).
 pub trait GateStage: Send + Sync {
     fn name(&self) -> &str;
-    fn evaluate(
-        &self,
-        scenario: &Scenario,
-        checks: &[CheckReport],
-        work: &Path,
-    ) -> Result<GateReport, RunError>;
+    fn evaluate<'a>(
+        &'a self,
+        scenario: &'a Scenario,
+        checks: &'a [CheckReport],
+        work: &'a Path,
+    ) -> BoxFuture<'a, Result<GateReport, RunError>>;
 }
 
 /// What a gate decided.
@@ -290,7 +311,7 @@ fn key(event: &str, endpoint: &str) -> String {
 /// through both senders' APIs.
 pub struct StateCheck;
 
-impl Check for StateCheck {
+impl SyncCheck for StateCheck {
     fn name(&self) -> &str {
         "builtin-state"
     }
@@ -302,7 +323,7 @@ impl Check for StateCheck {
             Category::Extra,
         ]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         let mut out = Vec::new();
         let keys: BTreeSet<&(String, String)> = ev.legacy.keys().chain(ev.engine.keys()).collect();
         for k in &keys {
@@ -346,8 +367,8 @@ impl Check for StateCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared: keys.len() as u64,
             divergences: out,
             description: "final delivery state and number of recorded attempts per (event, \
@@ -360,14 +381,14 @@ impl Check for StateCheck {
 /// Both senders' answers to each event post: status and delivery count.
 pub struct ApiCheck;
 
-impl Check for ApiCheck {
+impl SyncCheck for ApiCheck {
     fn name(&self) -> &str {
         "builtin-api"
     }
     fn categories(&self) -> Vec<Category> {
         vec![Category::ApiResponse]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         let mut out = Vec::new();
         for (id, l, e) in &ev.posts.posts {
             let (Some(l), Some(e)) = (l, e) else { continue };
@@ -382,8 +403,8 @@ impl Check for ApiCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared: ev.posts.posts.len() as u64,
             divergences: out,
             description: "status code and number of deliveries in each sender's answer to \
@@ -397,14 +418,14 @@ impl Check for ApiCheck {
 /// the receiver simulator recorded them.
 pub struct FirstBodyCheck;
 
-impl Check for FirstBodyCheck {
+impl SyncCheck for FirstBodyCheck {
     fn name(&self) -> &str {
         "builtin-first-body"
     }
     fn categories(&self) -> Vec<Category> {
         vec![Category::Payload]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         let mut first: BTreeMap<(&str, &str, u32), &Record> = BTreeMap::new();
         for r in ev.records {
             if let (Some(id), Some(n), 1, false) = (&r.event_id, r.endpoint, r.attempt, r.hop) {
@@ -432,8 +453,8 @@ impl Check for FirstBodyCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared,
             divergences: out,
             description: "raw body bytes of each sender's first attempt per (event, endpoint), \
@@ -450,14 +471,14 @@ pub struct RetryAfterCheck;
 /// Arrival-time slack: the receiver stamps arrivals, not departures.
 const RETRY_AFTER_SLACK_MS: u64 = 50;
 
-impl Check for RetryAfterCheck {
+impl SyncCheck for RetryAfterCheck {
     fn name(&self) -> &str {
         "builtin-retry-after"
     }
     fn categories(&self) -> Vec<Category> {
         vec![Category::RetryDecision]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         // (sender, event, endpoint, attempt) → record.
         let mut by: BTreeMap<(&str, &str, u32, u32), &Record> = BTreeMap::new();
         for r in ev.records {
@@ -507,8 +528,8 @@ impl Check for RetryAfterCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared,
             divergences: out,
             description: "after an answer with Retry-After, whether each sender's next attempt arrived at the receiver only once it had passed"
@@ -896,10 +917,10 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
     };
     let mut reports = Vec::new();
     for c in &opts.stages.checks {
-        reports.push(c.check(&evidence)?);
+        reports.push(c.check(&evidence).await?);
     }
     let gate = match &opts.stages.gate {
-        Some(g) => Some(g.evaluate(scenario, &reports, &dir)?),
+        Some(g) => Some(g.evaluate(scenario, &reports, &dir).await?),
         None => None,
     };
     let verdict = judge(scenario, &reports, settled);
