@@ -28,7 +28,19 @@ fn go_available() -> bool {
 
 /// Runs `hookshift scenario run FILE --short` with reports in a fresh
 /// directory; returns the output and the run's summary.json (if written).
-fn run(file: &Path, name: &str) -> (Output, Option<Value>) {
+/// Removes a test's report directory when the test passes; a failing test
+/// leaves it for inspection (its path is in the printed output).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn run(file: &Path, name: &str) -> (Output, Option<Value>, Cleanup) {
     let reports = std::env::temp_dir().join(format!("hookshift-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&reports);
     let out = Command::new(env!("CARGO_BIN_EXE_hookshift"))
@@ -43,7 +55,7 @@ fn run(file: &Path, name: &str) -> (Output, Option<Value>) {
     let summary = find_summary(&reports.join(name)).map(|p| {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).expect("summary.json is JSON")
     });
-    (out, summary)
+    (out, summary, Cleanup(reports))
 }
 
 fn find_summary(dir: &Path) -> Option<PathBuf> {
@@ -83,7 +95,7 @@ fn baseline_shows_no_difference() {
     if !go_available() {
         return;
     }
-    let (out, s) = run(&catalog("baseline"), "baseline");
+    let (out, s, _cleanup) = run(&catalog("baseline"), "baseline");
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     assert_eq!(s["verdict"]["passed"], true);
@@ -120,7 +132,7 @@ fn body_stall_shows_the_legacy_early_success_bug() {
     if !go_available() {
         return;
     }
-    let (out, s) = run(&catalog("body-stall"), "body-stall");
+    let (out, s, _cleanup) = run(&catalog("body-stall"), "body-stall");
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     let st = expectation(&s, "state_transition");
@@ -152,7 +164,7 @@ fn a_broken_expectation_fails_the_run() {
         return;
     }
     let file = root().join("tests/data/broken-expectation.toml");
-    let (out, s) = run(&file, "broken-expectation");
+    let (out, s, _cleanup) = run(&file, "broken-expectation");
     assert!(!out.status.success(), "must fail: {}", explain(&out));
     let s = s.expect("a report is written even when the verdict fails");
     assert_eq!(s["verdict"]["passed"], false);
@@ -198,10 +210,12 @@ fn every_other_catalog_scenario_meets_its_expectations_in_short_form() {
     assert!(names.len() >= 9, "{names:?}");
     let mut failed = Vec::new();
     for name in &names {
-        let (out, s) = run(&catalog(name), name);
+        let (out, s, cleanup) = run(&catalog(name), name);
         let passed = s.as_ref().map(|s| s["verdict"]["passed"] == true);
         if !out.status.success() || passed != Some(true) {
             failed.push(format!("{name}: {}", explain(&out)));
+            // Keep the failed run's report.
+            std::mem::forget(cleanup);
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
@@ -219,6 +233,7 @@ fn interrupting_a_run_stops_every_sender_it_started() {
     }
     let reports =
         std::env::temp_dir().join(format!("hookshift-e2e-{}-interrupt", std::process::id()));
+    let _cleanup = Cleanup(reports.clone());
     // The full baseline takes half a minute of traffic: long enough to interrupt.
     let mut child = Command::new(env!("CARGO_BIN_EXE_hookshift"))
         .args(["scenario", "run", "--no-progress"])
@@ -281,6 +296,7 @@ fn a_command_sender_is_started_and_compared_like_the_fixture() {
     let bin = scenarios::senders::legacy_binary(&root()).expect("build the legacy fixture");
     let dir = std::env::temp_dir().join(format!("hookshift-e2e-{}-command", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let _dir_cleanup = Cleanup(dir.clone());
     let file = dir.join("command-sender.toml");
     std::fs::write(
         &file,
@@ -306,7 +322,7 @@ traffic = {{ count = 6 }}
         ),
     )
     .unwrap();
-    let (out, s) = run(&file, "command-sender");
+    let (out, s, _cleanup) = run(&file, "command-sender");
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     assert_eq!(s["senders"]["legacy"]["kind"], "command");
@@ -371,6 +387,7 @@ fn a_plugged_in_check_is_run_and_judged() {
         .push(Box::new(EveryDeliveryIsASignatureDivergence));
     let reports =
         std::env::temp_dir().join(format!("hookshift-e2e-{}-plugged", std::process::id()));
+    let _cleanup = Cleanup(reports.clone());
     let opts = RunOptions {
         tools: scenarios::senders::Toolbox {
             repo_root: root(),
