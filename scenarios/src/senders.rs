@@ -76,6 +76,11 @@ impl SenderProcess {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// kill -9: no shutdown, no flushing, in-flight work lost.
     pub async fn kill9(&mut self) -> Result<(), SenderError> {
         if let Some(mut c) = self.child.take() {
