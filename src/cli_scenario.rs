@@ -66,7 +66,14 @@ pub async fn run(
             catalog: dir,
             no_progress,
         } => {
-            let path = scenarios::resolve(&scenario, &catalog(dir));
+            let catalog = catalog(dir);
+            let path = scenarios::resolve(&scenario, &catalog);
+            if !path.exists() && !scenario.contains('/') && !scenario.ends_with(".toml") {
+                anyhow::bail!(
+                    "no scenario named `{scenario}` in {} (see `hookshift scenario list`)",
+                    catalog.display()
+                );
+            }
             let spec = scenarios::spec::Scenario::load(&path, short)?;
             let repo_root = repo.unwrap_or_else(|| {
                 if PathBuf::from("fixtures/legacy-go").is_dir() {
