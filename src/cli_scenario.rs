@@ -83,7 +83,14 @@ pub async fn run(
             no_progress,
             builtin_checks,
         } => {
-            let path = scenarios::resolve(&scenario, &catalog(dir));
+            let catalog = catalog(dir);
+            let path = scenarios::resolve(&scenario, &catalog);
+            if !path.exists() && !scenario.contains('/') && !scenario.ends_with(".toml") {
+                anyhow::bail!(
+                    "no scenario named `{scenario}` in {} (see `hookshift scenario list`)",
+                    catalog.display()
+                );
+            }
             let spec = scenarios::spec::Scenario::load(&path, short)?;
             let repo_root = repo_root(repo)?;
             let hookshift = std::env::current_exe().context("locating the hookshift executable")?;

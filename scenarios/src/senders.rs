@@ -76,6 +76,11 @@ impl SenderProcess {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// kill -9: no shutdown, no flushing, in-flight work lost.
     pub async fn kill9(&mut self) -> Result<(), SenderError> {
         if let Some(mut c) = self.child.take() {
@@ -117,7 +122,8 @@ async fn spawn(launch: &Launch, listen: &str) -> Result<(Child, String), SenderE
         .collect();
     let mut cmd = if launch.shell {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(args.join(" "));
+        // exec: the sender replaces the shell, so a kill reaches it.
+        c.arg("-c").arg(format!("exec {}", args.join(" ")));
         c
     } else {
         let mut c = Command::new(&launch.program);

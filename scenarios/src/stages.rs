@@ -54,7 +54,6 @@ use proxy::capture::CaptureStore;
 use proxy::config::{EgressMode, ProxyConfig};
 use proxy::ramp::Ramp;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -270,7 +269,7 @@ pub fn comparator_stages(scenario: &Scenario, progress: bool) -> Result<Stages, 
         settings,
         progress,
         running: Mutex::new(None),
-        report: Mutex::new(None),
+        report: tokio::sync::Mutex::new(None),
         controller: Mutex::new(None),
     });
     Ok(Stages {
@@ -299,7 +298,7 @@ struct Harness {
     progress: bool,
     running: Mutex<Option<Running>>,
     /// The final comparison, made once by whichever check asks first.
-    report: Mutex<Option<Arc<Report>>>,
+    report: tokio::sync::Mutex<Option<Arc<Report>>>,
     controller: Mutex<Option<Controller>>,
 }
 
@@ -343,8 +342,8 @@ impl Harness {
 
     /// The comparison of everything, once deliveries have settled; made
     /// on the first call and reused.
-    fn final_report(&self, work: &Path) -> Result<Arc<Report>, RunError> {
-        let mut slot = lock(&self.report);
+    async fn final_report(&self, work: &Path) -> Result<Arc<Report>, RunError> {
+        let mut slot = self.report.lock().await;
         if let Some(r) = slot.as_ref() {
             return Ok(r.clone());
         }
@@ -360,13 +359,9 @@ impl Harness {
             ..comparator::CompareInput::default()
         };
         eprintln!("  comparing both senders' captures and databases…");
-        let report = on_own_runtime(async move {
-            comparator::run(&input, |_, _| {})
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|r| r)
-        .map_err(|e| stage_err("comparator", e))?;
+        let report = comparator::run(&input, |_, _| {})
+            .await
+            .map_err(|e| stage_err("comparator", e))?;
         comparator::write_reports(&report, &work)
             .map_err(|e| stage_err("comparator", format!("writing the reports: {e}")))?;
         std::fs::write(work.join("rules.toml"), &self.settings.rules_text)
@@ -376,24 +371,6 @@ impl Harness {
         *slot = Some(report.clone());
         Ok(report)
     }
-}
-
-/// Runs `f` to completion on a fresh current-thread runtime in a scoped
-/// thread. The runner's `Check` and `GateStage` are synchronous and are
-/// called from inside its runtime; the comparator and the store are async.
-/// A runtime of their own avoids blocking a worker the proxy may need.
-pub fn on_own_runtime<T: Send>(f: impl Future<Output = T> + Send) -> Result<T, String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(f))
-                .map_err(|e| format!("starting a runtime: {e}"))
-        })
-        .join()
-        .map_err(|_| "the comparison thread panicked".to_string())?
-    })
 }
 
 // ------------------------------------------------------------------ proxy
@@ -597,9 +574,15 @@ impl Check for ComparatorCheck {
         }
     }
 
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
-        let report = self.harness.final_report(ev.work)?;
-        let mine = self.categories();
+    fn check<'a>(&'a self, ev: &'a Evidence<'a>) -> BoxFuture<'a, Result<CheckReport, RunError>> {
+        boxed(self.check_inner(ev))
+    }
+}
+
+impl ComparatorCheck {
+    async fn check_inner(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+        let report = self.harness.final_report(ev.work).await?;
+        let mine = Check::categories(self);
         let divergences = report
             .divergences
             .iter()
@@ -650,7 +633,7 @@ impl Check for ComparatorCheck {
             ),
         };
         Ok(CheckReport {
-            check: self.name().into(),
+            check: Check::name(self).into(),
             categories: mine,
             compared,
             divergences,
@@ -675,19 +658,32 @@ impl GateStage for RampGate {
         "comparator-gate"
     }
 
-    fn evaluate(
+    fn evaluate<'a>(
+        &'a self,
+        scenario: &'a Scenario,
+        _checks: &'a [CheckReport],
+        work: &'a Path,
+    ) -> BoxFuture<'a, Result<GateReport, RunError>> {
+        boxed(self.evaluate_inner(scenario, work))
+    }
+}
+
+impl RampGate {
+    async fn evaluate_inner(
         &self,
         scenario: &Scenario,
-        _checks: &[CheckReport],
         work: &Path,
     ) -> Result<GateReport, RunError> {
         let h = &self.harness;
         let controller = lock(&h.controller).take();
         let mut steps: Vec<Step> = match controller {
-            Some(c) => c.finish(),
+            // Joining blocks; do it off the runtime's workers.
+            Some(c) => tokio::task::spawn_blocking(move || c.finish())
+                .await
+                .map_err(|e| stage_err("gate", format!("the ramp controller: {e}")))?,
             None => Vec::new(),
         };
-        let report = h.final_report(work)?;
+        let report = h.final_report(work).await?;
         let (ramp, run_dir) = {
             let running = lock(&h.running);
             let r = running
@@ -712,8 +708,8 @@ impl GateStage for RampGate {
         if applies {
             let reason = ramp_controller::audit_reason(&decision, &report, &report_path, true);
             let bp = proxy::ramp::percent_to_bp(decision.target).unwrap_or(0);
-            on_own_runtime(async { ramp.set(bp, &reason, "gate").await })
-                .map_err(|e| stage_err("gate", e))?
+            ramp.set(bp, &reason, "gate")
+                .await
                 .map_err(|e| stage_err("gate", e))?;
         } else if scenario.ramp.is_none() {
             reasons.push("not applied: the scenario has no ramp plan".into());
@@ -730,7 +726,7 @@ impl GateStage for RampGate {
         ramp_controller::write_steps(&run_dir, &steps)
             .map_err(|e| stage_err("gate", format!("writing ramp.json: {e}")))?;
         Ok(GateReport {
-            gate: self.name().into(),
+            gate: GateStage::name(self).into(),
             decision: decision.action.as_str().into(),
             reasons,
             steps: steps.iter().map(Step::line).collect(),
