@@ -106,22 +106,22 @@ async fn engine(egress_proxy: String) -> (TestDb, TestEngine) {
     (db, engine)
 }
 
-/// The delivery of `event` in one sender: (state, attempts).
-async fn delivery(http: &reqwest::Client, base: &str, event: &str) -> Option<(String, usize)> {
+/// The delivery of `event` in one sender: (state, attempts, delivery id).
+async fn delivery(http: &reqwest::Client, base: &str, event: &str) -> Option<(String, usize, String)> {
     let v: Value = http.get(format!("{base}/v1/events/{event}/deliveries")).send().await.ok()?.json().await.ok()?;
     let d = v["data"].get(0)?;
     let attempts = d["attempts"].as_array().map(Vec::len).unwrap_or(0);
-    Some((d["state"].as_str()?.to_string(), attempts))
+    Some((d["state"].as_str()?.to_string(), attempts, d["id"].as_str()?.to_string()))
 }
 
 /// Waits until the delivery is terminal; the legacy's `success` is the
 /// engine's `succeeded`.
-async fn final_state(http: &reqwest::Client, base: &str, event: &str) -> (String, usize) {
+async fn final_state(http: &reqwest::Client, base: &str, event: &str) -> ((String, usize), String) {
     for _ in 0..500 {
-        if let Some((state, n)) = delivery(http, base, event).await {
+        if let Some((state, n, id)) = delivery(http, base, event).await {
             let canonical = if state == "success" { "succeeded".to_string() } else { state };
             if canonical == "succeeded" || canonical == "failed" {
-                return (canonical, n);
+                return ((canonical, n), id);
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,20 +171,22 @@ async fn run(ramp_percent: f64, real_sender: SenderName) {
     let event = v["id"].as_str().expect("an injected event id").to_string();
     assert!(event.starts_with("evt_"), "{event}");
 
-    let l = final_state(&http, &legacy.base, &event).await;
-    let e = final_state(&http, &engine.base, &event).await;
+    let (l, legacy_delivery) = final_state(&http, &legacy.base, &event).await;
+    let (e, engine_delivery) = final_state(&http, &engine.base, &event).await;
     assert_eq!(l, ("succeeded".to_string(), 2), "legacy");
     assert_eq!(e, ("succeeded".to_string(), 2), "engine");
 
     let hits = rx.hits();
     assert_eq!(hits.len(), 2, "the receiver is contacted exactly twice");
-    // Only the engine's legacy profile sends X-Delivery-Id values it made;
-    // tell the senders apart by their User-Agent instead.
+    // The engine's legacy profile mimics the Go sender down to its
+    // User-Agent; each sender's own delivery id tells them apart.
+    let real_delivery = match real_sender {
+        SenderName::Legacy => &legacy_delivery,
+        SenderName::Engine => &engine_delivery,
+    };
     for h in &hits {
-        let ua = h.header("User-Agent").unwrap_or_default();
         assert_eq!(h.header("X-Event-Id").as_deref(), Some(event.as_str()));
-        let from_go = ua.starts_with("Go-http-client");
-        assert_eq!(from_go, real_sender == SenderName::Legacy, "User-Agent {ua:?}");
+        assert_eq!(h.header("X-Delivery-Id").as_ref(), Some(real_delivery), "only the primary reaches the receiver");
     }
 
     let rows = proxy.store.egress_rows().await.unwrap();
