@@ -62,7 +62,10 @@ pub enum CapturesCommand {
     },
 }
 
-pub async fn proxy(cmd: ProxyCommand, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn proxy(
+    cmd: ProxyCommand,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     match cmd {
         ProxyCommand::Serve { config } => {
             let cfg = proxy::config::ProxyConfig::load(&config)?.validate()?;
@@ -72,7 +75,9 @@ pub async fn proxy(cmd: ProxyCommand, shutdown: impl std::future::Future<Output 
                 "proxy listening: ingress http://{} egress-legacy http://{} egress-engine http://{} admin http://{}",
                 a.ingress, a.egress_legacy, a.egress_engine, a.admin
             );
-            proxy::run(listeners, cfg, shutdown).await.context("proxy stopped")
+            proxy::run(listeners, cfg, shutdown)
+                .await
+                .context("proxy stopped")
         }
     }
 }
@@ -95,17 +100,28 @@ fn print_view(v: &proxy::ramp::RampView) {
 }
 
 pub async fn ramp(cmd: RampCommand) -> anyhow::Result<()> {
-    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
     let view = match cmd {
         RampCommand::Status(a) => proxy::admin::Client::new(&a.admin).status().await?,
-        RampCommand::Set { percent, reason, admin } => {
+        RampCommand::Set {
+            percent,
+            reason,
+            admin,
+        } => {
             if !(0.0..=100.0).contains(&percent) {
                 anyhow::bail!("percent must be between 0 and 100, got {percent}");
             }
-            proxy::admin::Client::new(&admin.admin).set(percent, &reason, &actor).await?
+            proxy::admin::Client::new(&admin.admin)
+                .set(percent, &reason, &actor)
+                .await?
         }
         RampCommand::Rollback { reason, admin } => {
-            proxy::admin::Client::new(&admin.admin).rollback(&reason, &actor).await?
+            proxy::admin::Client::new(&admin.admin)
+                .rollback(&reason, &actor)
+                .await?
         }
     };
     print_view(&view);
@@ -120,7 +136,9 @@ pub async fn captures(cmd: CapturesCommand) -> anyhow::Result<()> {
             }
             if store.starts_with("sqlite:") {
                 // Refuse to create an empty store when the path is mistyped.
-                let path = store.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                let path = store
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
                 let path = path.split('?').next().unwrap_or(path);
                 if !std::path::Path::new(path).exists() {
                     anyhow::bail!("--store {store}: no such file");

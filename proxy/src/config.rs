@@ -20,6 +20,7 @@
 //! event_id_headers = ["webhook-id", "X-Event-Id"]
 //!
 //! [ingress]
+//! mirror = true            # false: forward only (a baseline for benchmarks)
 //! queue_bound = 1024       # mirror jobs waiting; full → dropped and counted
 //! mirror_workers = 64      # mirror requests in flight at once
 //! primary_timeout = "30s"
@@ -89,6 +90,9 @@ pub struct SenderSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressSection {
+    /// Mirror to the other sender at all (false: a plain forwarding proxy,
+    /// the baseline for benchmarks).
+    pub mirror: bool,
     pub queue_bound: usize,
     pub mirror_workers: usize,
     pub primary_timeout: String,
@@ -140,6 +144,7 @@ impl Default for ListenSection {
 impl Default for IngressSection {
     fn default() -> Self {
         IngressSection {
+            mirror: true,
             queue_bound: 1024,
             mirror_workers: 64,
             primary_timeout: "30s".into(),
@@ -204,6 +209,7 @@ pub struct ValidConfig {
     pub listen_admin: SocketAddr,
     pub legacy: SenderSettings,
     pub engine: SenderSettings,
+    pub mirror: bool,
     pub queue_bound: usize,
     pub mirror_workers: usize,
     pub primary_timeout: Duration,
@@ -355,6 +361,7 @@ impl ProxyConfig {
             listen_admin: addr("listen.admin", &self.listen.admin)?,
             legacy,
             engine,
+            mirror: i.mirror,
             queue_bound: i.queue_bound,
             mirror_workers: i.mirror_workers,
             primary_timeout: dur("ingress.primary_timeout", &i.primary_timeout)?,

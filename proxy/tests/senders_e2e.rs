@@ -44,7 +44,11 @@ fn legacy_binary() -> Option<PathBuf> {
             .current_dir(&fixture)
             .output()
             .expect("run go build");
-        assert!(out.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "go build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Some(bin)
     })
     .clone()
@@ -61,23 +65,40 @@ impl Legacy {
     fn start(bin: &PathBuf, egress_proxy: &str) -> Legacy {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--retry-schedule", "50ms,50ms", "--timeout", "2s"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--retry-schedule",
+                "50ms,50ms",
+                "--timeout",
+                "2s",
+            ])
             .arg("--egress-proxy")
             .arg(egress_proxy)
             .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.path().join("legacy.db").display()))
+            .arg(format!(
+                "sqlite://{}",
+                dir.path().join("legacy.db").display()
+            ))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start legacy-sender");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let base = line
             .trim()
             .strip_prefix("legacy-sender listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
-        Legacy { child, base, _dir: dir }
+        Legacy {
+            child,
+            base,
+            _dir: dir,
+        }
     }
 }
 
@@ -106,32 +127,58 @@ async fn engine(egress_proxy: String) -> (TestDb, TestEngine) {
     (db, engine)
 }
 
-/// The delivery of `event` in one sender: (state, attempts).
-async fn delivery(http: &reqwest::Client, base: &str, event: &str) -> Option<(String, usize)> {
-    let v: Value = http.get(format!("{base}/v1/events/{event}/deliveries")).send().await.ok()?.json().await.ok()?;
+/// The delivery of `event` in one sender: (state, attempts, delivery id).
+async fn delivery(
+    http: &reqwest::Client,
+    base: &str,
+    event: &str,
+) -> Option<(String, usize, String)> {
+    let v: Value = http
+        .get(format!("{base}/v1/events/{event}/deliveries"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
     let d = v["data"].get(0)?;
     let attempts = d["attempts"].as_array().map(Vec::len).unwrap_or(0);
-    Some((d["state"].as_str()?.to_string(), attempts))
+    Some((
+        d["state"].as_str()?.to_string(),
+        attempts,
+        d["id"].as_str()?.to_string(),
+    ))
 }
 
 /// Waits until the delivery is terminal; the legacy's `success` is the
 /// engine's `succeeded`.
-async fn final_state(http: &reqwest::Client, base: &str, event: &str) -> (String, usize) {
+async fn final_state(http: &reqwest::Client, base: &str, event: &str) -> ((String, usize), String) {
     for _ in 0..500 {
-        if let Some((state, n)) = delivery(http, base, event).await {
-            let canonical = if state == "success" { "succeeded".to_string() } else { state };
+        if let Some((state, n, id)) = delivery(http, base, event).await {
+            let canonical = if state == "success" {
+                "succeeded".to_string()
+            } else {
+                state
+            };
             if canonical == "succeeded" || canonical == "failed" {
-                return (canonical, n);
+                return ((canonical, n), id);
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("{base}: event {event} never finished: {:?}", delivery(http, base, event).await);
+    panic!(
+        "{base}: event {event} never finished: {:?}",
+        delivery(http, base, event).await
+    );
 }
 
 async fn run(ramp_percent: f64, real_sender: SenderName) {
     let Some(bin) = legacy_binary() else { return };
-    let rx = receiver(vec![Reply::Status(500, "try again"), Reply::Status(200, "ok")]).await;
+    let rx = receiver(vec![
+        Reply::Status(500, "try again"),
+        Reply::Status(200, "ok"),
+    ])
+    .await;
     // The senders need the egress addresses and the proxy needs the
     // senders' APIs: bind the listeners first, start the senders, then the
     // proxy on those listeners.
@@ -139,7 +186,8 @@ async fn run(ramp_percent: f64, real_sender: SenderName) {
     let addrs = listeners.addrs().unwrap();
     let legacy = Legacy::start(&bin, &format!("http://{}", addrs.egress_legacy));
     let (_db, engine) = engine(format!("http://{}", addrs.egress_engine)).await;
-    let proxy = TestProxy::start_with(TestProxy::config(&legacy.base, &engine.base), listeners).await;
+    let proxy =
+        TestProxy::start_with(TestProxy::config(&legacy.base, &engine.base), listeners).await;
     let admin = proxy::admin::Client::new(&format!("http://{}", proxy.addrs.admin));
     admin.set(ramp_percent, "e2e stage", "test").await.unwrap();
 
@@ -151,7 +199,11 @@ async fn run(ramp_percent: f64, real_sender: SenderName) {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "upsert through the ingress: {}", r.status());
+    assert!(
+        r.status().is_success(),
+        "upsert through the ingress: {}",
+        r.status()
+    );
     // The mirror is asynchronous: let the endpoint reach the shadow before
     // the event, as a producer's calls seconds apart would.
     for _ in 0..250 {
@@ -171,26 +223,42 @@ async fn run(ramp_percent: f64, real_sender: SenderName) {
     let event = v["id"].as_str().expect("an injected event id").to_string();
     assert!(event.starts_with("evt_"), "{event}");
 
-    let l = final_state(&http, &legacy.base, &event).await;
-    let e = final_state(&http, &engine.base, &event).await;
+    let (l, legacy_delivery) = final_state(&http, &legacy.base, &event).await;
+    let (e, engine_delivery) = final_state(&http, &engine.base, &event).await;
     assert_eq!(l, ("succeeded".to_string(), 2), "legacy");
     assert_eq!(e, ("succeeded".to_string(), 2), "engine");
 
     let hits = rx.hits();
     assert_eq!(hits.len(), 2, "the receiver is contacted exactly twice");
-    // Only the engine's legacy profile sends X-Delivery-Id values it made;
-    // tell the senders apart by their User-Agent instead.
+    // The engine's legacy profile mimics the Go sender down to its
+    // User-Agent; each sender's own delivery id tells them apart.
+    let real_delivery = match real_sender {
+        SenderName::Legacy => &legacy_delivery,
+        SenderName::Engine => &engine_delivery,
+    };
     for h in &hits {
-        let ua = h.header("User-Agent").unwrap_or_default();
         assert_eq!(h.header("X-Event-Id").as_deref(), Some(event.as_str()));
-        let from_go = ua.starts_with("Go-http-client");
-        assert_eq!(from_go, real_sender == SenderName::Legacy, "User-Agent {ua:?}");
+        assert_eq!(
+            h.header("X-Delivery-Id").as_ref(),
+            Some(real_delivery),
+            "only the primary reaches the receiver"
+        );
     }
 
     let rows = proxy.store.egress_rows().await.unwrap();
     let shadow = real_sender.other().as_str();
-    assert_eq!(rows.iter().filter(|r| r["sender"] == real_sender.as_str() && r["role"] == "primary").count(), 2);
-    assert_eq!(rows.iter().filter(|r| r["sender"] == shadow && r["role"] == "shadow").count(), 2);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["sender"] == real_sender.as_str() && r["role"] == "primary")
+            .count(),
+        2
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["sender"] == shadow && r["role"] == "shadow")
+            .count(),
+        2
+    );
     let ingress_rows = proxy.store.ingress_rows().await.unwrap();
     let posted = ingress_rows.iter().find(|r| r["path"] == "/v1/events");
     if let Some(posted) = posted {

@@ -155,6 +155,16 @@ impl Egress {
                     .await;
                 return;
             }
+            // A client waiting for permission to send its body gets it at
+            // once: the proxy needs the body before choosing what to do.
+            if wire::has_token(&head.headers, "expect", "100-continue")
+                && wr
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
             let body = match wire::request_framing(&head) {
                 Ok(f) => client.body(f).await,
                 Err(e) => Err(e),

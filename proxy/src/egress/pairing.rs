@@ -92,10 +92,13 @@ impl Pairing {
     }
 }
 
+/// (sender, event id, endpoint URL): what attempts are counted by.
+type AttemptKey = (SenderName, Option<String>, String);
+
 /// Attempt numbers per (sender, event id, endpoint URL), in arrival order.
 #[derive(Default)]
 pub struct Attempts {
-    counts: Mutex<HashMap<(SenderName, Option<String>, String), (u64, Instant)>>,
+    counts: Mutex<HashMap<AttemptKey, (u64, Instant)>>,
 }
 
 impl Attempts {

@@ -51,18 +51,27 @@ pub async fn receiver(script: Vec<Reply>) -> Receiver {
     let h = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { return };
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
             let h = h.clone();
             let script = script.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = sock.into_split();
                 let mut r = Reader::new(rd);
                 loop {
-                    let Ok(Some(head)) = r.request_head().await else { return };
-                    let Ok(body) = r.body(wire::request_framing(&head).unwrap()).await else { return };
+                    let Ok(Some(head)) = r.request_head().await else {
+                        return;
+                    };
+                    let Ok(body) = r.body(wire::request_framing(&head).unwrap()).await else {
+                        return;
+                    };
                     let n = {
                         let mut hits = h.lock().unwrap();
-                        hits.push(Hit { head, body: body.decoded.to_vec() });
+                        hits.push(Hit {
+                            head,
+                            body: body.decoded.to_vec(),
+                        });
                         hits.len() - 1
                     };
                     match script[n.min(script.len() - 1)].clone() {
