@@ -249,6 +249,42 @@ impl SideView<'_> {
     }
 }
 
+/// Diffs one history at a time, accumulating a [`DiffResult`]: what a
+/// streaming reader feeds as each (event, endpoint) is read.
+pub struct Differ<'a> {
+    left: SideView<'a>,
+    right: SideView<'a>,
+    rules: &'a Rules,
+    /// What was found so far.
+    pub result: DiffResult,
+}
+
+impl<'a> Differ<'a> {
+    /// A differ of `left` (the reference) against `right`; the views' own
+    /// histories are not read, only their secrets and profiles.
+    pub fn new(left: SideView<'a>, right: SideView<'a>, rules: &'a Rules) -> Differ<'a> {
+        Differ {
+            left,
+            right,
+            rules,
+            result: DiffResult::default(),
+        }
+    }
+
+    /// Diffs one (event, endpoint) history.
+    pub fn history(&mut self, key: &Key, l: Option<&History>, r: Option<&History>) {
+        diff_history(
+            key,
+            l,
+            r,
+            &self.left,
+            &self.right,
+            self.rules,
+            &mut self.result,
+        );
+    }
+}
+
 /// Diffs two sides: `left` is the reference (the legacy), `right` the candidate.
 pub fn diff_sides(left: &SideView<'_>, right: &SideView<'_>, rules: &Rules) -> DiffResult {
     let mut out = DiffResult::default();
