@@ -36,17 +36,28 @@ fn url(i: u64) -> String {
 fn body(i: u64, engine: bool) -> String {
     if engine && i % 100 == 7 {
         // One pair in a hundred: the same JSON with its keys in another order.
-        format!(r#"{{"order":{i},"customer":"cus_{i}","note":"\u003cb\u003e","amount":12.5,"items":[1,2,3]}}"#)
+        format!(
+            r#"{{"order":{i},"customer":"cus_{i}","note":"\u003cb\u003e","amount":12.5,"items":[1,2,3]}}"#
+        )
     } else {
-        format!(r#"{{"customer":"cus_{i}","order":{i},"note":"\u003cb\u003e","amount":12.5,"items":[1,2,3]}}"#)
+        format!(
+            r#"{{"customer":"cus_{i}","order":{i},"note":"\u003cb\u003e","amount":12.5,"items":[1,2,3]}}"#
+        )
     }
 }
 
 /// Request headers as the legacy profile puts them on the wire.
 fn headers(i: u64, engine: bool, ts: i64, body: &str) -> Vec<(String, String)> {
-    let delivery = if engine { format!("dlv_e{i}") } else { format!("dlv_l{i}") };
+    let delivery = if engine {
+        format!("dlv_e{i}")
+    } else {
+        format!("dlv_l{i}")
+    };
     let mut h = vec![
-        ("Host".to_owned(), format!("receiver-{}.example", i % ENDPOINTS)),
+        (
+            "Host".to_owned(),
+            format!("receiver-{}.example", i % ENDPOINTS),
+        ),
         ("User-Agent".to_owned(), "Go-http-client/1.1".to_owned()),
         ("Content-Length".to_owned(), body.len().to_string()),
         ("Content-Type".to_owned(), "application/json".to_owned()),
@@ -109,13 +120,21 @@ fn in_memory(n: u64) {
             let a = h.attempts.entry(1).or_default();
             a.exchange = Some(ex);
             a.recorded = Some(Recorded {
-                raw_outcome: if engine { "delivered".into() } else { "ok".into() },
+                raw_outcome: if engine {
+                    "delivered".into()
+                } else {
+                    "ok".into()
+                },
                 outcome: Outcome::Delivered,
                 status: Some(200),
                 started_at: at,
             });
             h.states = vec!["pending".into(), "in_flight".into(), "succeeded".into()];
-            let side = if engine { &mut data.engine } else { &mut data.legacy };
+            let side = if engine {
+                &mut data.engine
+            } else {
+                &mut data.legacy
+            };
             side.histories.insert((format!("evt_{i}"), url(i)), h);
         }
     }
@@ -179,10 +198,12 @@ const BATCH: u64 = 500;
 async fn build_stores(dir: &Path, histories: u64) {
     // Capture store: one attempt per sender per history.
     let cap = sqlite(&dir.join("captures.db")).await;
-    sqlx::raw_sql(include_str!("../../proxy/migrations/sqlite/0001_captures.sql"))
-        .execute(&cap)
-        .await
-        .expect("capture schema");
+    sqlx::raw_sql(include_str!(
+        "../../proxy/migrations/sqlite/0001_captures.sql"
+    ))
+    .execute(&cap)
+    .await
+    .expect("capture schema");
     let mut i = 0;
     while i < histories {
         let end = (i + BATCH / 2).min(histories);
@@ -225,41 +246,83 @@ async fn build_stores(dir: &Path, histories: u64) {
         .close()
         .await;
     let eng = sqlite(&dir.join("engine.db")).await;
-    let mut qb = QueryBuilder::new("INSERT INTO endpoints (id, url, profile, created_at, updated_at) ");
+    let mut qb =
+        QueryBuilder::new("INSERT INTO endpoints (id, url, profile, created_at, updated_at) ");
     qb.push_values(0..ENDPOINTS, |mut b, e| {
-        b.push_bind(format!("ep_{e}")).push_bind(url(e)).push_bind("legacy").push_bind(T0).push_bind(T0);
+        b.push_bind(format!("ep_{e}"))
+            .push_bind(url(e))
+            .push_bind("legacy")
+            .push_bind(T0)
+            .push_bind(T0);
     });
     qb.build().execute(&eng).await.expect("endpoints");
-    let mut qb = QueryBuilder::new("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) ");
+    let mut qb =
+        QueryBuilder::new("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) ");
     qb.push_values(0..ENDPOINTS, |mut b, e| {
-        b.push_bind(format!("ep_{e}")).push_bind(SECRET).push_bind(T0);
+        b.push_bind(format!("ep_{e}"))
+            .push_bind(SECRET)
+            .push_bind(T0);
     });
     qb.build().execute(&eng).await.expect("secrets");
     let mut i = 0;
     while i < histories {
         let end = (i + BATCH).min(histories);
-        let mut qb = QueryBuilder::new("INSERT INTO events (id, type, payload_raw, payload, request_hash, created_at) ");
+        let mut qb = QueryBuilder::new(
+            "INSERT INTO events (id, type, payload_raw, payload, request_hash, created_at) ",
+        );
         qb.push_values(i..end, |mut b, k| {
-            b.push_bind(format!("evt_{k}")).push_bind("order.created").push_bind(b"{}".to_vec()).push_bind("{}").push_bind("h").push_bind(T0);
+            b.push_bind(format!("evt_{k}"))
+                .push_bind("order.created")
+                .push_bind(b"{}".to_vec())
+                .push_bind("{}")
+                .push_bind("h")
+                .push_bind(T0);
         });
         qb.build().execute(&eng).await.expect("events");
         let mut qb = QueryBuilder::new("INSERT INTO deliveries (id, event_id, endpoint_id, state, attempt_count, created_at, updated_at) ");
         qb.push_values(i..end, |mut b, k| {
-            b.push_bind(format!("dlv_e{k}")).push_bind(format!("evt_{k}")).push_bind(format!("ep_{}", k % ENDPOINTS)).push_bind("succeeded").push_bind(1i64).push_bind(T0).push_bind(T0);
+            b.push_bind(format!("dlv_e{k}"))
+                .push_bind(format!("evt_{k}"))
+                .push_bind(format!("ep_{}", k % ENDPOINTS))
+                .push_bind("succeeded")
+                .push_bind(1i64)
+                .push_bind(T0)
+                .push_bind(T0);
         });
         qb.build().execute(&eng).await.expect("deliveries");
         let mut qb = QueryBuilder::new("INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, outcome, reason, at) ");
         let tr: Vec<(u64, Option<&str>, &str)> = (i..end)
-            .flat_map(|k| [(k, None, "pending"), (k, Some("pending"), "in_flight"), (k, Some("in_flight"), "succeeded")])
+            .flat_map(|k| {
+                [
+                    (k, None, "pending"),
+                    (k, Some("pending"), "in_flight"),
+                    (k, Some("in_flight"), "succeeded"),
+                ]
+            })
             .collect();
         qb.push_values(tr, |mut b, (k, from, to)| {
-            b.push_bind(format!("dlv_e{k}")).push_bind(from).push_bind(to).push_bind(1i64).push_bind(None::<String>).push_bind("created").push_bind(T0);
+            b.push_bind(format!("dlv_e{k}"))
+                .push_bind(from)
+                .push_bind(to)
+                .push_bind(1i64)
+                .push_bind(None::<String>)
+                .push_bind("created")
+                .push_bind(T0);
         });
         qb.build().execute(&eng).await.expect("transitions");
         let mut qb = QueryBuilder::new("INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, response_status, duration_ms, outcome, started_at, finished_at) ");
         qb.push_values(i..end, |mut b, k| {
             let at = T0 + k as i64 * 10 + 1000;
-            b.push_bind(format!("att_e{k}")).push_bind(format!("dlv_e{k}")).push_bind(1i64).push_bind("[]").push_bind("x").push_bind(200i64).push_bind(20i64).push_bind("delivered").push_bind(at).push_bind(at + 20);
+            b.push_bind(format!("att_e{k}"))
+                .push_bind(format!("dlv_e{k}"))
+                .push_bind(1i64)
+                .push_bind("[]")
+                .push_bind("x")
+                .push_bind(200i64)
+                .push_bind(20i64)
+                .push_bind("delivered")
+                .push_bind(at)
+                .push_bind(at + 20);
         });
         qb.build().execute(&eng).await.expect("attempts");
         i = end;
@@ -268,30 +331,59 @@ async fn build_stores(dir: &Path, histories: u64) {
 
     // Legacy database, with its DDL.
     let leg = sqlite(&dir.join("legacy.db")).await;
-    sqlx::raw_sql(LEGACY_DDL).execute(&leg).await.expect("legacy schema");
+    sqlx::raw_sql(LEGACY_DDL)
+        .execute(&leg)
+        .await
+        .expect("legacy schema");
     let t = legacy_time(T0);
-    let mut qb = QueryBuilder::new("INSERT INTO endpoints (id, url, secret, created_at, updated_at) ");
+    let mut qb =
+        QueryBuilder::new("INSERT INTO endpoints (id, url, secret, created_at, updated_at) ");
     qb.push_values(0..ENDPOINTS, |mut b, e| {
-        b.push_bind(format!("ep_{e}")).push_bind(url(e)).push_bind(SECRET).push_bind(t.clone()).push_bind(t.clone());
+        b.push_bind(format!("ep_{e}"))
+            .push_bind(url(e))
+            .push_bind(SECRET)
+            .push_bind(t.clone())
+            .push_bind(t.clone());
     });
     qb.build().execute(&leg).await.expect("endpoints");
     let mut i = 0;
     while i < histories {
         let end = (i + BATCH).min(histories);
-        let mut qb = QueryBuilder::new("INSERT INTO events (id, type, payload, payload_hash, created_at) ");
+        let mut qb =
+            QueryBuilder::new("INSERT INTO events (id, type, payload, payload_hash, created_at) ");
         qb.push_values(i..end, |mut b, k| {
-            b.push_bind(format!("evt_{k}")).push_bind("order.created").push_bind("{}").push_bind("h").push_bind(t.clone());
+            b.push_bind(format!("evt_{k}"))
+                .push_bind("order.created")
+                .push_bind("{}")
+                .push_bind("h")
+                .push_bind(t.clone());
         });
         qb.build().execute(&leg).await.expect("events");
         let mut qb = QueryBuilder::new("INSERT INTO deliveries (id, event_id, endpoint_id, status, attempt_count, created_at, updated_at) ");
         qb.push_values(i..end, |mut b, k| {
-            b.push_bind(format!("dlv_l{k}")).push_bind(format!("evt_{k}")).push_bind(format!("ep_{}", k % ENDPOINTS)).push_bind("success").push_bind(1i64).push_bind(t.clone()).push_bind(t.clone());
+            b.push_bind(format!("dlv_l{k}"))
+                .push_bind(format!("evt_{k}"))
+                .push_bind(format!("ep_{}", k % ENDPOINTS))
+                .push_bind("success")
+                .push_bind(1i64)
+                .push_bind(t.clone())
+                .push_bind(t.clone());
         });
         qb.build().execute(&leg).await.expect("deliveries");
         let mut qb = QueryBuilder::new("INSERT INTO attempts ");
         qb.push_values(i..end, |mut b, k| {
             let at = legacy_time(T0 + k as i64 * 10);
-            b.push_bind(format!("att_l{k}")).push_bind(format!("dlv_l{k}")).push_bind(1i64).push_bind(200i64).push_bind("ok").push_bind(None::<String>).push_bind(20i64).push_bind("[]").push_bind("success").push_bind(at.clone()).push_bind(at);
+            b.push_bind(format!("att_l{k}"))
+                .push_bind(format!("dlv_l{k}"))
+                .push_bind(1i64)
+                .push_bind(200i64)
+                .push_bind("ok")
+                .push_bind(None::<String>)
+                .push_bind(20i64)
+                .push_bind("[]")
+                .push_bind("success")
+                .push_bind(at.clone())
+                .push_bind(at);
         });
         qb.build().execute(&leg).await.expect("attempts");
         i = end;
@@ -321,14 +413,25 @@ fn main() {
     );
     let input = CompareInput {
         name: "bench".into(),
-        captures: Some(format!("sqlite://{}", dir.path().join("captures.db").display())),
-        engine_db: Some(format!("sqlite://{}", dir.path().join("engine.db").display())),
-        legacy_db: Some(format!("sqlite://{}", dir.path().join("legacy.db").display())),
+        captures: Some(format!(
+            "sqlite://{}",
+            dir.path().join("captures.db").display()
+        )),
+        engine_db: Some(format!(
+            "sqlite://{}",
+            dir.path().join("engine.db").display()
+        )),
+        legacy_db: Some(format!(
+            "sqlite://{}",
+            dir.path().join("legacy.db").display()
+        )),
         rules: Rules::default(),
         ..CompareInput::default()
     };
     let started = Instant::now();
-    let report = rt.block_on(comparator::run(&input, |_, _| {})).expect("compare");
+    let report = rt
+        .block_on(comparator::run(&input, |_, _| {}))
+        .expect("compare");
     let compared = started.elapsed().as_secs_f64();
     comparator::write_reports(&report, &dir.path().join("report")).expect("write reports");
     let total = started.elapsed().as_secs_f64();
