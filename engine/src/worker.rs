@@ -39,7 +39,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 /// How the worker runs.
@@ -231,7 +231,18 @@ struct Inner {
     per_endpoint: Mutex<HashMap<String, usize>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     profiles: HashMap<String, Profile>,
+    /// Finished attempts on their way to the recorders.
+    records: mpsc::Sender<RecordJob>,
 }
+
+/// One finished attempt waiting to be persisted, and who waits for it.
+type RecordJob = (
+    AttemptRecord,
+    oneshot::Sender<Result<crate::store::Recorded, StoreError>>,
+);
+
+/// Most attempts persisted in one transaction.
+const RECORD_BATCH: usize = 256;
 
 /// A token bucket for one rate-limited endpoint, on the injected clock.
 #[derive(Debug, Clone, Copy)]
@@ -269,6 +280,7 @@ impl Bucket {
 pub struct Worker {
     inner: Arc<Inner>,
     wake: Arc<Notify>,
+    records: mpsc::Receiver<RecordJob>,
 }
 
 impl Worker {
@@ -303,7 +315,9 @@ impl Worker {
             });
         }
         let owner = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        let (records_tx, records) = mpsc::channel(cfg.max_in_flight.max(1) * 2);
         Ok(Worker {
+            records,
             inner: Arc::new(Inner {
                 store,
                 sender,
@@ -312,6 +326,7 @@ impl Worker {
                 slots: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
                 per_endpoint: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
+                records: records_tx,
                 owner,
                 profiles,
                 cfg,
@@ -331,6 +346,16 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
         let mut tasks: JoinSet<()> = JoinSet::new();
+        // Group commit of outcomes: one writer is all SQLite can use; a few
+        // overlap PostgreSQL's round trips.
+        let recorders = match inner.store.kind() {
+            crate::store::BackendKind::Sqlite => 1,
+            crate::store::BackendKind::Postgres => 4,
+        };
+        let records = Arc::new(tokio::sync::Mutex::new(self.records));
+        let recorders: Vec<_> = (0..recorders)
+            .map(|_| tokio::spawn(record_loop(inner.clone(), records.clone())))
+            .collect();
         let rescuer = tokio::spawn(rescue_loop(inner.clone()));
         let gauges = tokio::spawn(gauge_loop(inner.clone()));
         tokio::pin!(shutdown);
@@ -377,6 +402,11 @@ impl Worker {
                 "drain timeout: attempts still in flight are left to their leases"
             );
             tasks.abort_all();
+        }
+        // Every attempt that finished has its answer: nothing waits on the
+        // recorders any more.
+        for r in recorders {
+            r.abort();
         }
     }
 }
@@ -543,7 +573,7 @@ async fn attempt(inner: &Inner, reserved: Reserved) {
             // Rendering fails the same way every time: no retry.
             record.to = DeliveryState::Failed;
             record.next_attempt_at = None;
-            persist(inner, &record).await;
+            persist(inner, record).await;
             return;
         }
         Err(e) => {
@@ -555,44 +585,102 @@ async fn attempt(inner: &Inner, reserved: Reserved) {
     let (class, took) = (exchange.outcome.class(), exchange.duration);
     let completed = reserved.finish(sent, exchange, inner.clock.now_ms());
     let record = completed.decide(&inner.owner, &profile.retry, &mut rand::thread_rng());
-    persist(inner, &record).await;
+    persist(inner, record).await;
     // Metrics come after the outcome is durable.
     inner.metrics.attempt_finished(class, took);
 }
 
-async fn persist(inner: &Inner, record: &AttemptRecord) {
-    // The exchange happened; losing its record would hide it, so a
-    // transient store failure is retried a few times.
-    for attempt in 0..5 {
-        match inner.store.record_attempt(record, &inner.cfg.breaker).await {
-            Ok(r) => {
-                if !r.moved {
-                    tracing::warn!(
-                        "lease lost before the outcome was recorded; the delivery was rescued"
-                    );
-                }
-                match r.breaker {
-                    Change::None => {}
-                    Change::Opened => {
-                        tracing::warn!(endpoint = %record.endpoint_id, "circuit breaker opened");
-                    }
-                    Change::Closed => {
-                        tracing::info!(endpoint = %record.endpoint_id, "circuit breaker closed");
-                    }
-                    Change::Disable => {
-                        tracing::warn!(endpoint = %record.endpoint_id, "circuit breaker disabled the endpoint after continuous failure");
-                    }
-                }
-                inner.metrics.breaker_change(r.breaker);
+/// Hands a finished attempt to the recorders and waits until it is durable
+/// (or has failed to be: then the lease expires and it is retried).
+async fn persist(inner: &Inner, record: AttemptRecord) {
+    let endpoint = record.endpoint_id.clone();
+    let (reply, answer) = oneshot::channel();
+    if inner.records.send((record, reply)).await.is_err() {
+        tracing::error!(
+            "the recorders stopped; the lease will expire and the attempt will be retried"
+        );
+        return;
+    }
+    match answer.await {
+        Ok(Ok(r)) => {
+            if !r.moved {
+                tracing::warn!(
+                    "lease lost before the outcome was recorded; the delivery was rescued"
+                );
+            }
+            match r.breaker {
+                Change::None => {}
+                Change::Opened => tracing::warn!(%endpoint, "circuit breaker opened"),
+                Change::Closed => tracing::info!(%endpoint, "circuit breaker closed"),
+                Change::Disable => tracing::warn!(
+                    %endpoint,
+                    "circuit breaker disabled the endpoint after continuous failure"
+                ),
+            }
+            inner.metrics.breaker_change(r.breaker);
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
+        }
+        Err(_) => tracing::error!("the recorder dropped the attempt; the lease will expire"),
+    }
+}
+
+/// Persists finished attempts in batches, one transaction each.
+async fn record_loop(inner: Arc<Inner>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<RecordJob>>>) {
+    let mut jobs: Vec<RecordJob> = Vec::with_capacity(RECORD_BATCH);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut jobs, RECORD_BATCH).await == 0 {
                 return;
             }
+        }
+        let (records, replies): (Vec<AttemptRecord>, Vec<_>) = jobs.drain(..).unzip();
+        match record_with_retries(&inner, &records).await {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            // A batch that fails for good is retried one record at a time,
+            // so one bad record cannot sink the others.
+            Err(_) if records.len() > 1 => {
+                for (rec, reply) in records.iter().zip(replies) {
+                    let r = record_with_retries(&inner, std::slice::from_ref(rec))
+                        .await
+                        .map(|mut v| v.remove(0));
+                    let _ = reply.send(r);
+                }
+            }
+            // A batch of one: its waiter gets the error itself.
+            Err(e) => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// The exchanges happened; losing their records would hide them, so a
+/// transient store failure is retried a few times.
+async fn record_with_retries(
+    inner: &Inner,
+    records: &[AttemptRecord],
+) -> Result<Vec<crate::store::Recorded>, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match inner
+            .store
+            .record_attempts(records, &inner.cfg.breaker)
+            .await
+        {
             Err(e) if e.is_retryable() && attempt < 4 => {
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
-                return;
-            }
+            other => return other,
         }
     }
 }

@@ -887,20 +887,38 @@ impl Store {
         rec: &AttemptRecord,
         breaker: &BreakerPolicy,
     ) -> Result<Recorded> {
-        let to = rec.to;
-        let signal = breaker::Signal::of(rec.outcome);
+        let mut out = self
+            .record_attempts(std::slice::from_ref(rec), breaker)
+            .await?;
+        Ok(out.remove(0))
+    }
+
+    /// [`Store::record_attempt`] for several attempts in one transaction
+    /// (group commit: one fsync for many outcomes). Each attempt's outcome,
+    /// transition and next schedule are still written together; the batch
+    /// commits or rolls back as a whole. Returns one result per record, in
+    /// order.
+    pub async fn record_attempts(
+        &self,
+        recs: &[AttemptRecord],
+        breaker: &BreakerPolicy,
+    ) -> Result<Vec<Recorded>> {
         let lock = if self.kind() == BackendKind::Postgres {
             " FOR UPDATE"
         } else {
             ""
         };
-        let mut change = breaker::Change::None;
-        debug_assert!(DeliveryState::can_transition(
-            Some(DeliveryState::InFlight),
-            to
-        ));
+        let mut results = Vec::with_capacity(recs.len());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            for rec in recs {
+            let to = rec.to;
+            let signal = breaker::Signal::of(rec.outcome);
+            let mut change = breaker::Change::None;
+            debug_assert!(DeliveryState::can_transition(
+                Some(DeliveryState::InFlight),
+                to
+            ));
             let n = sqlx::query(
                 "UPDATE deliveries SET claimed_from = state, state = $3, next_attempt_at = $4, \
                  last_outcome = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $6 \
@@ -1045,8 +1063,10 @@ impl Store {
                     }
                 }
             }
+            results.push(Recorded { moved: n > 0, breaker: change });
+            }
             tx.commit().await?;
-            Ok(Recorded { moved: n > 0, breaker: change })
+            Ok(results)
         })
     }
 
