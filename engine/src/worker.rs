@@ -32,7 +32,7 @@ use crate::delivery::http::{Exchange, OutboundRequest, Outcome, Sender};
 use crate::metrics::Metrics;
 use crate::profile::{self, HeaderCase, Message, Profile};
 use crate::state::{DeliveryState, OutcomeClass};
-use crate::store::{AttemptRecord, ClaimSpec, Claimed, Store, StoreError};
+use crate::store::{AttemptRecord, ClaimSpec, Claimed, EndpointRow, EventRow, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
@@ -100,6 +100,16 @@ pub enum WorkerError {
 pub struct Reserved {
     claim: Claimed,
     started_at: i64,
+    /// What the attempt needs, loaded for the whole claim at once.
+    prefetched: Option<Prefetched>,
+}
+
+/// An attempt's endpoint (None: deleted), event and signing secrets.
+#[derive(Debug, Clone)]
+struct Prefetched {
+    endpoint: Option<Arc<EndpointRow>>,
+    event: Option<Arc<EventRow>>,
+    secrets: Arc<Vec<String>>,
 }
 
 impl Reserved {
@@ -241,6 +251,12 @@ type RecordJob = (
     oneshot::Sender<Result<crate::store::Recorded, StoreError>>,
 );
 
+/// Most deliveries leased by one claim.
+const CLAIM_MAX: usize = 256;
+
+/// How long a freed slot may wait for others before the worker claims.
+const CLAIM_LINGER: Duration = Duration::from_millis(2);
+
 /// Most attempts persisted in one transaction.
 const RECORD_BATCH: usize = 256;
 
@@ -368,7 +384,9 @@ impl Worker {
             } else {
                 claim_batch(&inner, free).await
             };
-            let got_any = !claimed.is_empty();
+            // A full claim suggests more is due: claim again at once if
+            // enough slots are free to make the transaction worth it.
+            let full = !claimed.is_empty() && claimed.len() >= free.min(CLAIM_MAX);
             for (reserved, permit) in claimed {
                 let inner = inner.clone();
                 inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -380,15 +398,27 @@ impl Worker {
                     drop(permit);
                 });
             }
-            if got_any && inner.slots.available_permits() > 0 {
+            let batch = (inner.cfg.max_in_flight / 16).max(1);
+            if full && inner.slots.available_permits() >= batch {
                 continue;
             }
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(inner.cfg.poll_interval) => {}
-                // A slot freed up: look again for work.
-                _ = tasks.join_next(), if !tasks.is_empty() => {}
+                // A slot freed up: look again for work, after letting a few
+                // more attempts finish (briefly), so that one claim
+                // transaction serves many slots instead of one each.
+                _ = tasks.join_next(), if !tasks.is_empty() => {
+                    let linger = tokio::time::sleep(CLAIM_LINGER);
+                    tokio::pin!(linger);
+                    while inner.slots.available_permits() < batch && !tasks.is_empty() {
+                        tokio::select! {
+                            _ = &mut linger => break,
+                            _ = tasks.join_next() => {}
+                        }
+                    }
+                }
             }
         }
         rescuer.abort();
@@ -467,7 +497,7 @@ async fn claim_batch(
         (skip, quotas)
     };
     let lease_until = now + inner.cfg.lease.as_millis() as i64;
-    let limit = free.min(256) as i64;
+    let limit = free.min(CLAIM_MAX) as i64;
     let spec = ClaimSpec {
         owner: &inner.owner,
         now,
@@ -475,6 +505,7 @@ async fn claim_batch(
         limit,
         skip_endpoints: &skip,
         quotas: &quotas,
+        rate_limits_by_quota: true,
         probe_interval_ms: inner
             .cfg
             .breaker
@@ -518,6 +549,7 @@ async fn claim_batch(
                 Reserved {
                     claim,
                     started_at: now,
+                    prefetched: None,
                 },
                 permit,
             )),
@@ -535,7 +567,67 @@ async fn claim_batch(
             }
         }
     }
+    prefetch(inner, &mut out, now).await;
     out
+}
+
+/// Loads the endpoints, events and secrets of a whole claim in three
+/// queries instead of three per attempt. On failure each attempt loads its
+/// own.
+async fn prefetch(
+    inner: &Inner,
+    out: &mut [(Reserved, tokio::sync::OwnedSemaphorePermit)],
+    now: i64,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let mut endpoint_ids: Vec<String> = out
+        .iter()
+        .map(|(r, _)| r.claim.endpoint_id.clone())
+        .collect();
+    endpoint_ids.sort();
+    endpoint_ids.dedup();
+    let mut event_ids: Vec<String> = out.iter().map(|(r, _)| r.claim.event_id.clone()).collect();
+    event_ids.sort();
+    event_ids.dedup();
+    let loaded = async {
+        let endpoints = inner.store.endpoints_by_ids(&endpoint_ids).await?;
+        let events = inner.store.events_by_ids(&event_ids).await?;
+        let secrets = inner.store.signing_secrets_for(&endpoint_ids, now).await?;
+        Ok::<_, StoreError>((endpoints, events, secrets))
+    };
+    let (endpoints, events, secrets) = match loaded.await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "prefetch failed; attempts load their own");
+            return;
+        }
+    };
+    let endpoints: HashMap<String, Arc<EndpointRow>> = endpoints
+        .into_iter()
+        .map(|e| (e.id.clone(), Arc::new(e)))
+        .collect();
+    let events: HashMap<String, Arc<EventRow>> = events
+        .into_iter()
+        .map(|e| (e.id.clone(), Arc::new(e)))
+        .collect();
+    let mut by_endpoint: HashMap<String, Vec<String>> = HashMap::new();
+    for (endpoint, secret) in secrets {
+        by_endpoint.entry(endpoint).or_default().push(secret);
+    }
+    let by_endpoint: HashMap<String, Arc<Vec<String>>> = by_endpoint
+        .into_iter()
+        .map(|(k, v)| (k, Arc::new(v)))
+        .collect();
+    for (reserved, _) in out.iter_mut() {
+        let c = &reserved.claim;
+        reserved.prefetched = Some(Prefetched {
+            endpoint: endpoints.get(&c.endpoint_id).cloned(),
+            event: events.get(&c.event_id).cloned(),
+            secrets: by_endpoint.get(&c.endpoint_id).cloned().unwrap_or_default(),
+        });
+    }
 }
 
 /// Runs one attempt from reservation to persisted outcome.
@@ -688,22 +780,35 @@ async fn record_with_retries(
 /// Loads what the attempt needs and renders the exact request.
 async fn prepare(inner: &Inner, reserved: &Reserved) -> Result<Prepare, StoreError> {
     let claim = &reserved.claim;
-    let Some(endpoint) = inner.store.get_endpoint(&claim.endpoint_id).await? else {
+    let loaded = match &reserved.prefetched {
+        Some(p) => p.clone(),
+        None => {
+            let endpoint = inner.store.get_endpoint(&claim.endpoint_id).await?;
+            let event = inner.store.get_event(&claim.event_id).await?;
+            let secrets = inner
+                .store
+                .signing_secrets(&claim.endpoint_id, inner.clock.now_ms())
+                .await?;
+            Prefetched {
+                endpoint: endpoint.map(Arc::new),
+                event: event.map(Arc::new),
+                secrets: Arc::new(secrets),
+            }
+        }
+    };
+    let Some(endpoint) = loaded.endpoint else {
         return Ok(Prepare::EndpointGone);
     };
     if endpoint.disabled {
         return Ok(Prepare::EndpointGone);
     }
-    let Some(event) = inner.store.get_event(&claim.event_id).await? else {
+    let Some(event) = loaded.event else {
         return Err(StoreError::Corrupt(format!(
             "delivery {} has no event {}",
             claim.id, claim.event_id
         )));
     };
-    let secrets = inner
-        .store
-        .signing_secrets(&endpoint.id, inner.clock.now_ms())
-        .await?;
+    let secrets = loaded.secrets;
     let name = endpoint
         .profile
         .as_deref()
@@ -732,7 +837,7 @@ async fn prepare(inner: &Inner, reserved: &Reserved) -> Result<Prepare, StoreErr
         body_sha256: hex::encode(Sha256::digest(&rendered.body)),
     };
     let request = OutboundRequest {
-        url: endpoint.url,
+        url: endpoint.url.clone(),
         headers,
         body: rendered.body.into(),
         deadline: profile.timeout,
