@@ -245,11 +245,13 @@ pub async fn compare_settled(
         CaptureFilter::Both,
         &mut data.legacy,
         &mut data.engine,
-        Some(&mut data.ingress),
         |_| {},
     )
     .await
     .map_err(|e| e.to_string())?;
+    data.ingress = load::load_ingress(&cfg.captures_url)
+        .await
+        .map_err(|e| e.to_string())?;
     // A side without a database has no states to wait for: its captured
     // exchanges are all there is.
     let done = |h: &History, has_db: bool| !has_db || terminal(h);
@@ -294,7 +296,7 @@ async fn any_exchange(url: &str) -> bool {
     let mut engine = Default::default();
     // The loader is the cheapest way to ask without a second schema reader;
     // before traffic the store is empty, so this is quick.
-    match load::load_captures(url, CaptureFilter::Both, &mut legacy, &mut engine, None, |_| {})
+    match load::load_captures(url, CaptureFilter::Both, &mut legacy, &mut engine, |_| {})
         .await
     {
         Ok(unkeyed) => {

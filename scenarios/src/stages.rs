@@ -359,7 +359,7 @@ impl Harness {
             ..comparator::CompareInput::default()
         };
         eprintln!("  comparing both senders' captures and databases…");
-        let report = comparator::run(&input, |_, _| {})
+        let report = run_comparator(input)
             .await
             .map_err(|e| stage_err("comparator", e))?;
         comparator::write_reports(&report, &work)
@@ -371,6 +371,29 @@ impl Harness {
         *slot = Some(report.clone());
         Ok(report)
     }
+}
+
+/// Runs the comparison on a thread of its own: `comparator::run`'s future
+/// is not `Send` (it shares resolved profiles through `Rc`), and the
+/// runner's stage futures must be.
+async fn run_comparator(input: comparator::CompareInput) -> Result<Report, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("comparator".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting a runtime: {e}"))
+                .and_then(|rt| {
+                    rt.block_on(comparator::run(&input, |_, _| {}))
+                        .map_err(|e| e.to_string())
+                });
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("starting the comparison thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the comparison thread ended without an answer".to_string())?
 }
 
 // ------------------------------------------------------------------ proxy
