@@ -108,10 +108,13 @@ pub async fn run(
                 reports_dir: reports,
                 progress: !no_progress,
                 // demo: the tee proxy, the comparator and the gate by default.
-                stages: if builtin_checks {
-                    scenarios::runner::Stages::builtin()
-                } else {
-                    scenarios::stages::comparator_stages(&spec, !no_progress)?
+                stages: match (builtin_checks, scenarios::stages::proxy_unsupported(&spec)) {
+                    (true, _) => scenarios::runner::Stages::builtin(),
+                    (false, Some(why)) => {
+                        eprintln!("  notice: {why}; using the runner's built-in checks");
+                        scenarios::runner::Stages::builtin()
+                    }
+                    (false, None) => scenarios::stages::comparator_stages(&spec, !no_progress)?,
                 },
             };
             let outcome = scenarios::runner::run(&spec, opts, shutdown).await?;

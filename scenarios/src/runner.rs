@@ -899,6 +899,12 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
                         SenderSpec::Engine { .. } => {
                             launch.args.push(format!("--egress-proxy={url}"));
                         }
+                        // demo: a command names where its proxy goes.
+                        SenderSpec::Command { command } if command.contains("{egress_proxy}") => {
+                            for a in launch.args.iter_mut() {
+                                *a = a.replace("{egress_proxy}", url);
+                            }
+                        }
                         _ => {
                             return Err(RunError::Stage {
                                 stage: "proxy".into(),

@@ -259,6 +259,33 @@ impl Settings {
     }
 }
 
+/// Why a scenario cannot run through the tee proxy, if it cannot: a sender
+/// given as a URL (already running, so the run cannot point it at an egress
+/// listener), or as a command without an `{egress_proxy}` placeholder.
+pub fn proxy_unsupported(scenario: &Scenario) -> Option<String> {
+    for (side, spec) in [
+        (Side::Legacy, &scenario.senders.legacy),
+        (Side::Engine, &scenario.senders.engine),
+    ] {
+        match spec {
+            SenderSpec::Url { .. } => {
+                return Some(format!(
+                    "the {side} sender is an already running URL, which the run cannot send \
+                     through the tee proxy's egress"
+                ))
+            }
+            SenderSpec::Command { command } if !command.contains("{egress_proxy}") => {
+                return Some(format!(
+                    "the {side} sender's command has no {{egress_proxy}} placeholder for the \
+                     tee proxy's egress URL"
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The three comparator stages for a scenario, sharing one harness; the
 /// runner's built-in API check stays for `api_response`, because the
 /// scenario driver posts to both senders itself (no ingress tee traffic).
