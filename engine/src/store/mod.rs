@@ -1043,15 +1043,13 @@ impl Store {
                 && signal != breaker::Signal::Neutral
             {
                 {
-                    let select = format!(
-                        "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
-                         breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1"
-                    );
+                    let select = "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
+                         breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1";
                     type BreakerRow = (String, i64, Option<i64>, Option<i64>, Option<i64>, bool, Option<String>);
                     // Most attempts succeed against a healthy endpoint and
                     // change nothing: read without a lock first, so those
                     // never queue on the endpoint's row.
-                    let peek: Option<BreakerRow> = sqlx::query_as(&select)
+                    let peek: Option<BreakerRow> = sqlx::query_as(select)
                         .bind(&rec.endpoint_id)
                         .fetch_optional(&mut *tx)
                         .await?;
