@@ -117,7 +117,7 @@ RESULTS="$W/results"
 : > "$RESULTS"
 # Runs wrk against $2 and appends "name rps p99_ms non2xx".
 measure() {
-    local name=$1 url=$2 out="$W/wrk-$1.txt"
+    local name=$1 url=$2 out="$W/wrk-${1//\//_}.txt"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$W/post.lua" "$url/v1/events" > "$out"
     local rps p99 non2xx
     rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
