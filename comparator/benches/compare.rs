@@ -118,7 +118,7 @@ fn in_memory(n: u64) {
             };
             let mut h = History::default();
             let a = h.attempts.entry(1).or_default();
-            a.exchange = Some(ex);
+            a.exchange = Some(Box::new(ex));
             a.recorded = Some(Recorded {
                 raw_outcome: if engine {
                     "delivered".into()
