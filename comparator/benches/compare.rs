@@ -118,7 +118,7 @@ fn in_memory(n: u64) {
             };
             let mut h = History::default();
             let a = h.attempts.entry(1).or_default();
-            a.exchange = Some(ex);
+            a.exchange = Some(Box::new(ex));
             a.recorded = Some(Recorded {
                 raw_outcome: if engine {
                     "delivered".into()
@@ -429,8 +429,15 @@ fn main() {
         ..CompareInput::default()
     };
     let started = Instant::now();
+    // Each stage's start, to see where the time goes.
+    let mut last = String::new();
     let report = rt
-        .block_on(comparator::run(&input, |_, _| {}))
+        .block_on(comparator::run(&input, |stage, _| {
+            if stage != last {
+                println!("  {:>6.1} s  {stage}", started.elapsed().as_secs_f64());
+                last = stage.to_owned();
+            }
+        }))
         .expect("compare");
     let compared = started.elapsed().as_secs_f64();
     comparator::write_reports(&report, &dir.path().join("report")).expect("write reports");

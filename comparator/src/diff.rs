@@ -226,7 +226,7 @@ impl SideView<'_> {
         {
             return p;
         }
-        let ex = h.and_then(|h| h.attempts.values().find_map(|a| a.exchange.as_ref()));
+        let ex = h.and_then(|h| h.attempts.values().find_map(|a| a.exchange.as_deref()));
         let detected = ex.and_then(|ex| {
             [
                 ("webhook-signature", "standard-webhooks"),
@@ -364,7 +364,7 @@ fn attempt_evidence(a: &Attempt) -> Value {
         "recorded_outcome": a.recorded.as_ref().map(|r| r.raw_outcome.clone()),
         "recorded_status": a.recorded.as_ref().and_then(|r| r.status),
         "outcome_class": a.outcome().map(Outcome::as_str),
-        "exchange": a.exchange.as_ref().map(exchange_evidence),
+        "exchange": a.exchange.as_deref().map(exchange_evidence),
     })
 }
 
@@ -1230,9 +1230,9 @@ fn diff_retries(
         };
         let ra_secs = l.attempts[&n]
             .exchange
-            .as_ref()
+            .as_deref()
             .and_then(retry_after)
-            .or_else(|| r.attempts[&n].exchange.as_ref().and_then(retry_after));
+            .or_else(|| r.attempts[&n].exchange.as_deref().and_then(retry_after));
         let key = DivKey {
             attempt: Some(n + 1),
             ..hkey.clone()

@@ -151,7 +151,7 @@ async fn stream_compare(
                     Sender::Legacy => l.get_or_insert_with(Default::default),
                     Sender::Engine => r.get_or_insert_with(Default::default),
                 };
-                h.attempts.entry(n).or_default().exchange = Some(ex);
+                h.attempts.entry(n).or_default().exchange = Some(Box::new(ex));
             }
             differ.history(&key, l.as_ref(), r.as_ref());
         },

@@ -218,8 +218,9 @@ pub struct Recorded {
 /// One attempt of one side: what the egress saw and what the sender recorded.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Attempt {
-    /// The egress's record, if the attempt went through it.
-    pub exchange: Option<Exchange>,
+    /// The egress's record, if the attempt went through it (boxed: most
+    /// attempts in memory at once are the databases' records without one).
+    pub exchange: Option<Box<Exchange>>,
     /// The sender's record, if its database was read.
     pub recorded: Option<Recorded>,
 }
@@ -230,7 +231,7 @@ impl Attempt {
         self.recorded
             .as_ref()
             .map(|r| r.outcome)
-            .or_else(|| self.exchange.as_ref().and_then(Exchange::implied_outcome))
+            .or_else(|| self.exchange.as_deref().and_then(Exchange::implied_outcome))
     }
 }
 
@@ -275,7 +276,7 @@ impl SideData {
             .attempts
             .entry(n)
             .or_default()
-            .exchange = Some(ex);
+            .exchange = Some(Box::new(ex));
     }
 
     /// Adds a recorded attempt `n`.

@@ -70,7 +70,7 @@ impl Side {
 
     /// Attempt `n` as captured by the egress.
     fn ex(mut self, n: u32, ex: Exchange) -> Side {
-        self.history.attempts.entry(n).or_default().exchange = Some(ex);
+        self.history.attempts.entry(n).or_default().exchange = Some(Box::new(ex));
         self
     }
 
