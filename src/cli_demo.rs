@@ -114,7 +114,10 @@ pub async fn run(
             d.summary
         );
     }
-    println!("ramp steps: {}", outcome.report_dir.join("ramp.md").display());
+    println!(
+        "ramp steps: {}",
+        outcome.report_dir.join("ramp.md").display()
+    );
     println!(
         "\nopen {} in a browser ({:.0} s)",
         outcome.report_dir.join("index.html").display(),

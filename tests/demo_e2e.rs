@@ -31,7 +31,7 @@ fn go_available() -> bool {
 }
 
 /// The runs are timing-sensitive and the machine has two cores: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn explain(out: &Output) -> String {
     format!(
@@ -88,7 +88,10 @@ async fn check_one_real_request_per_attempt(dir: &Path) -> (CaptureStore, Vec<Va
     assert!(primaries > 0 && shadows > 0, "{by_role:?}");
     // Every shadow exchange was answered from the recording, never forwarded.
     for r in rows.iter().filter(|r| r["role"] != "primary") {
-        assert_ne!(r["source"], "receiver", "a shadow reached the receiver: {r}");
+        assert_ne!(
+            r["source"], "receiver",
+            "a shadow reached the receiver: {r}"
+        );
     }
 
     let receiver = std::fs::read_to_string(dir.join("receiver.jsonl")).expect("receiver.jsonl");
@@ -96,7 +99,10 @@ async fn check_one_real_request_per_attempt(dir: &Path) -> (CaptureStore, Vec<Va
     let mut real = 0;
     for line in receiver.lines() {
         let r: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(r["sender"], "proxy", "a sender reached the receiver directly: {r}");
+        assert_eq!(
+            r["sender"], "proxy",
+            "a sender reached the receiver directly: {r}"
+        );
         if r["hop"] == true || r["attempt"].as_u64() == Some(0) {
             continue;
         }
@@ -109,7 +115,10 @@ async fn check_one_real_request_per_attempt(dir: &Path) -> (CaptureStore, Vec<Va
         *seen.entry(key).or_default() += 1;
     }
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "attempts delivered more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "attempts delivered more than once: {twice:?}"
+    );
     assert_eq!(
         real, primaries,
         "one real request per primary exchange ({by_role:?})"
@@ -122,14 +131,20 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
     if !go_available() {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let (out, dir) = run(&["demo", "--short", "--no-progress"], "demo");
     assert!(out.status.success(), "{}", explain(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("verdict: PASS"), "{stdout}");
     assert!(stdout.contains("index.html"), "{stdout}");
 
-    for f in ["report.json", "report.md", "index.html", "summary.json", "ramp.json"] {
+    for f in [
+        "report.json",
+        "report.md",
+        "index.html",
+        "summary.json",
+        "ramp.json",
+    ] {
         assert!(dir.join(f).is_file(), "{f} is missing in {}", dir.display());
     }
     let (store, _) = check_one_real_request_per_attempt(&dir).await;
@@ -147,7 +162,11 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
         .iter()
         .filter(|d| d["rule"] == "outcome.success_before_body")
         .collect();
-    assert!(!early.is_empty(), "no early-success divergence: {}", report["counts"]);
+    assert!(
+        !early.is_empty(),
+        "no early-success divergence: {}",
+        report["counts"]
+    );
     for d in &early {
         assert_eq!(d["category"], "timeout_classification", "{d}");
         assert_eq!(d["legacy"]["recorded_outcome"], "ok", "{d}");
@@ -163,18 +182,25 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
         "the engine never saw the stalled body"
     );
     assert!(
-        divs.iter().any(|d| d["category"] == "state_transition"
-            && d["severity"] == "critical"),
+        divs.iter()
+            .any(|d| d["category"] == "state_transition" && d["severity"] == "critical"),
         "no critical state transition divergence"
     );
 
     // The gate rolled the ramp back, and said so in the audit log with the
     // report it read.
     let summary = json(&dir.join("summary.json"));
-    assert_eq!(summary["gate"]["decision"], "rollback", "{}", summary["gate"]);
+    assert_eq!(
+        summary["gate"]["decision"], "rollback",
+        "{}",
+        summary["gate"]
+    );
     let changes = store.ramp_history(100).await.unwrap();
     let by_gate: Vec<_> = changes.iter().filter(|c| c.actor == "gate").collect();
-    assert!(!by_gate.is_empty(), "no ramp change by the gate: {changes:?}");
+    assert!(
+        !by_gate.is_empty(),
+        "no ramp change by the gate: {changes:?}"
+    );
     for c in &by_gate {
         let report = c
             .reason
@@ -182,11 +208,17 @@ async fn the_demo_exposes_early_success_and_the_gate_rolls_back() {
             .next()
             .map(PathBuf::from)
             .unwrap();
-        assert!(report.is_file(), "the audit reason names no report: {}", c.reason);
+        assert!(
+            report.is_file(),
+            "the audit reason names no report: {}",
+            c.reason
+        );
         assert!(c.reason.starts_with("gate "), "{}", c.reason);
     }
     assert!(
-        by_gate.iter().any(|c| c.to_bp == 0 && c.reason.starts_with("gate rollback")),
+        by_gate
+            .iter()
+            .any(|c| c.to_bp == 0 && c.reason.starts_with("gate rollback")),
         "{by_gate:?}"
     );
     // Each applied step in ramp.json has its audit row.
@@ -206,7 +238,7 @@ async fn the_ramp_advances_stage_by_stage_when_the_senders_agree() {
     if !go_available() {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let (out, dir) = run(
         &["scenario", "run", "--short", "--no-progress", "ramp"],
         "ramp",
@@ -225,7 +257,9 @@ async fn the_ramp_advances_stage_by_stage_when_the_senders_agree() {
         "the gate should walk up the stages: {changes:?}"
     );
     assert!(
-        changes.iter().all(|c| !c.reason.starts_with("gate rollback")),
+        changes
+            .iter()
+            .all(|c| !c.reason.starts_with("gate rollback")),
         "{changes:?}"
     );
     // Once past 0%, some endpoints got their real deliveries from the engine.

@@ -140,8 +140,7 @@ fn body_stall_shows_the_legacy_early_success_bug() {
     if !go_available() {
         return;
     }
-    let (out, s, _cleanup) =
-        run_with(&catalog("body-stall"), "body-stall", &["--builtin-checks"]);
+    let (out, s, _cleanup) = run_with(&catalog("body-stall"), "body-stall", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     for category in ["state_transition", "timeout_classification"] {

@@ -108,7 +108,11 @@ impl Step {
             "rollback" => format!("rollback to {}%", self.target),
             other => other.to_string(),
         };
-        let counts: Vec<String> = self.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         format!(
             "{}{}%: {moved} ({} attempt pairs, {} histories{}{}){}: {}",
             if self.final_step { "final, at " } else { "" },
@@ -222,10 +226,7 @@ fn terminal(h: &History) -> bool {
 
 /// Loads everything, keeps the histories both senders have finished, and
 /// compares them. Returns the report and how many histories were left out.
-pub async fn compare_settled(
-    cfg: &ControllerConfig,
-    name: &str,
-) -> Result<(Report, u64), String> {
+pub async fn compare_settled(cfg: &ControllerConfig, name: &str) -> Result<(Report, u64), String> {
     // The databases first: the proxy commits each exchange before its
     // sender sees the answer, so every attempt a database already shows as
     // finished is in the capture store by the time it is read next.
@@ -296,12 +297,8 @@ async fn any_exchange(url: &str) -> bool {
     let mut engine = Default::default();
     // The loader is the cheapest way to ask without a second schema reader;
     // before traffic the store is empty, so this is quick.
-    match load::load_captures(url, CaptureFilter::Both, &mut legacy, &mut engine, |_| {})
-        .await
-    {
-        Ok(unkeyed) => {
-            unkeyed > 0 || !legacy.histories.is_empty() || !engine.histories.is_empty()
-        }
+    match load::load_captures(url, CaptureFilter::Both, &mut legacy, &mut engine, |_| {}).await {
+        Ok(unkeyed) => unkeyed > 0 || !legacy.histories.is_empty() || !engine.histories.is_empty(),
         Err(_) => false,
     }
 }
@@ -353,8 +350,8 @@ async fn run(
                 return;
             }
         };
-        let at_last = decision.action == Action::Hold
-            && !cfg.stages.iter().any(|s| *s > current + 1e-9);
+        let at_last =
+            decision.action == Action::Hold && !cfg.stages.iter().any(|s| *s > current + 1e-9);
         let mut applied = false;
         if decision.action != Action::Hold {
             let reason = audit_reason(&decision, &report, &report_path, false);
@@ -379,10 +376,7 @@ async fn run(
         if cfg.progress {
             eprintln!("  ramp step {n}: {}", step.line());
         }
-        steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(step);
+        steps.lock().unwrap_or_else(|p| p.into_inner()).push(step);
         match decision.action {
             Action::Rollback => return,
             Action::Hold if at_last => return,

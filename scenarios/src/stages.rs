@@ -431,10 +431,7 @@ pub struct TeeProxy {
 }
 
 impl TeeProxy {
-    async fn start_inner(
-        &mut self,
-        work: &Path,
-    ) -> Result<BTreeMap<Side, String>, RunError> {
+    async fn start_inner(&mut self, work: &Path) -> Result<BTreeMap<Side, String>, RunError> {
         let h = &self.harness;
         let s = &h.scenario.senders;
         let work = std::fs::canonicalize(work).unwrap_or_else(|_| work.to_path_buf());
@@ -501,7 +498,10 @@ impl TeeProxy {
             let bp = proxy::ramp::percent_to_bp(first).unwrap_or(0);
             ramp.set(
                 bp,
-                &format!("scenario {}: the ramp plan starts at {first}%", h.scenario.name),
+                &format!(
+                    "scenario {}: the ramp plan starts at {first}%",
+                    h.scenario.name
+                ),
                 "scenario",
             )
             .await
@@ -743,11 +743,7 @@ impl RampGate {
         };
         let current = f64::from(ramp.bp()) / 100.0;
         // Soak counts from the last change the gate (or the plan) made.
-        let since = steps
-            .iter()
-            .rev()
-            .find(|s| s.applied)
-            .map(|s| s.at_ms);
+        let since = steps.iter().rev().find(|s| s.applied).map(|s| s.at_ms);
         let decision = gate::evaluate(&h.settings.policy, &report, current, since)
             .map_err(|e| stage_err("gate", e))?;
         let report_path = run_dir.join("report.json");
@@ -808,7 +804,10 @@ mod tests {
         assert_eq!(set.policy.stages, [0.0, 5.0, 100.0]);
         use comparator::Category as C;
         assert_eq!(set.policy.budgets[&C::Header], gate::Budget::Rate(1.0));
-        assert_eq!(set.policy.budgets[&C::RetryDecision], gate::Budget::Count(3));
+        assert_eq!(
+            set.policy.budgets[&C::RetryDecision],
+            gate::Budget::Count(3)
+        );
         // What a rehearsal means to expose is still over the gate's budget.
         assert_eq!(set.policy.budgets[&C::Payload], gate::Budget::Count(0));
         assert!(set.rules_text.contains("\"100ms\""), "{}", set.rules_text);
@@ -840,7 +839,10 @@ mod tests {
 
         std::fs::write(&harness, "[proxy]\nmode = \"mirror\"\n").unwrap();
         let err = Settings::for_scenario(&s).unwrap_err().to_string();
-        assert!(err.contains("t.toml") && err.contains("proxy.mode"), "{err}");
+        assert!(
+            err.contains("t.toml") && err.contains("proxy.mode"),
+            "{err}"
+        );
         std::fs::write(&harness, "[proxy]\nmod = \"replay\"\n").unwrap();
         let err = Settings::for_scenario(&s).unwrap_err().to_string();
         assert!(err.contains("t.toml") && err.contains("mod"), "{err}");

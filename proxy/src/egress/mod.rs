@@ -536,7 +536,10 @@ impl Egress {
         );
         let note = match &fault {
             Some((_, why)) => format!("{why}; {detail}"),
-            None => format!("body completed {} ms after the head; the head was relayed first", started.elapsed().as_millis()),
+            None => format!(
+                "body completed {} ms after the head; the head was relayed first",
+                started.elapsed().as_millis()
+            ),
         };
         Forwarded {
             replay: Replay {
