@@ -119,7 +119,7 @@ fn in_memory(n: u64) {
             let mut h = History::default();
             let a = h.attempts.entry(1).or_default();
             a.exchange = Some(Box::new(ex));
-            a.recorded = Some(Recorded {
+            a.recorded = Some(Box::new(Recorded {
                 raw_outcome: if engine {
                     "delivered".into()
                 } else {
@@ -128,7 +128,7 @@ fn in_memory(n: u64) {
                 outcome: Outcome::Delivered,
                 status: Some(200),
                 started_at: at,
-            });
+            }));
             h.states = vec!["pending".into(), "in_flight".into(), "succeeded".into()];
             let side = if engine {
                 &mut data.engine

@@ -221,8 +221,9 @@ pub struct Attempt {
     /// The egress's record, if the attempt went through it (boxed: most
     /// attempts in memory at once are the databases' records without one).
     pub exchange: Option<Box<Exchange>>,
-    /// The sender's record, if its database was read.
-    pub recorded: Option<Recorded>,
+    /// The sender's record, if its database was read (boxed, as the
+    /// exchange: a history's attempt map then stays a few hundred bytes).
+    pub recorded: Option<Box<Recorded>>,
 }
 
 impl Attempt {
@@ -283,7 +284,7 @@ impl SideData {
     pub fn add_recorded(&mut self, event_id: &str, url: &str, n: u32, rec: Recorded) {
         let h = self.history(event_id, url);
         h.in_db = true;
-        h.attempts.entry(n).or_default().recorded = Some(rec);
+        h.attempts.entry(n).or_default().recorded = Some(Box::new(rec));
     }
 }
 
