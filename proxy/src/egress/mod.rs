@@ -229,11 +229,15 @@ impl Egress {
         let role = match self.cfg.egress_mode {
             EgressMode::Passthrough => Role::Passthrough,
             EgressMode::Replay => {
-                let primary = if ramp::engine_primary(&endpoint_url, bp) {
+                let proposed = if ramp::engine_primary(&endpoint_url, bp) {
                     SenderName::Engine
                 } else {
                     SenderName::Legacy
                 };
+                // demo: sticky per attempt key (see `Pairing::primary_for`).
+                let primary = self
+                    .pairing
+                    .primary_for(&(event_id.clone(), endpoint_url.clone(), attempt), proposed);
                 if primary == sender {
                     Role::Primary
                 } else {
