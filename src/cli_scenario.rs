@@ -37,11 +37,14 @@ enum ScenarioCommand {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Compare with the runner's built-in checks (no proxy, no comparator, no gate).
+        #[arg(long)]
+        builtin_checks: bool,
     },
 }
 
 /// The catalog next to the current directory, else the one this binary was built from.
-fn catalog(given: Option<PathBuf>) -> PathBuf {
+pub fn catalog(given: Option<PathBuf>) -> PathBuf {
     given.unwrap_or_else(|| {
         let here = PathBuf::from("scenarios/catalog");
         if here.is_dir() {
@@ -50,6 +53,19 @@ fn catalog(given: Option<PathBuf>) -> PathBuf {
             scenarios::catalog_dir()
         }
     })
+}
+
+/// The repository root (for fixtures/legacy-go): given, else the current
+/// directory if it has the fixture, else the tree this binary was built from.
+pub fn repo_root(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let root = given.unwrap_or_else(|| {
+        if PathBuf::from("fixtures/legacy-go").is_dir() {
+            PathBuf::from(".")
+        } else {
+            scenarios::repo_root()
+        }
+    });
+    std::fs::canonicalize(&root).with_context(|| format!("repository root {}", root.display()))
 }
 
 pub async fn run(
@@ -65,18 +81,18 @@ pub async fn run(
             repo,
             catalog: dir,
             no_progress,
+            builtin_checks,
         } => {
-            let path = scenarios::resolve(&scenario, &catalog(dir));
+            let catalog = catalog(dir);
+            let path = scenarios::resolve(&scenario, &catalog);
+            if !path.exists() && !scenario.contains('/') && !scenario.ends_with(".toml") {
+                anyhow::bail!(
+                    "no scenario named `{scenario}` in {} (see `hookshift scenario list`)",
+                    catalog.display()
+                );
+            }
             let spec = scenarios::spec::Scenario::load(&path, short)?;
-            let repo_root = repo.unwrap_or_else(|| {
-                if PathBuf::from("fixtures/legacy-go").is_dir() {
-                    PathBuf::from(".")
-                } else {
-                    scenarios::repo_root()
-                }
-            });
-            let repo_root = std::fs::canonicalize(&repo_root)
-                .with_context(|| format!("repository root {}", repo_root.display()))?;
+            let repo_root = repo_root(repo)?;
             let hookshift = std::env::current_exe().context("locating the hookshift executable")?;
             eprintln!(
                 "scenario {}{}: {}",
@@ -91,7 +107,15 @@ pub async fn run(
                 },
                 reports_dir: reports,
                 progress: !no_progress,
-                stages: scenarios::runner::Stages::builtin(),
+                // demo: the tee proxy, the comparator and the gate by default.
+                stages: match (builtin_checks, scenarios::stages::proxy_unsupported(&spec)) {
+                    (true, _) => scenarios::runner::Stages::builtin(),
+                    (false, Some(why)) => {
+                        eprintln!("  notice: {why}; using the runner's built-in checks");
+                        scenarios::runner::Stages::builtin()
+                    }
+                    (false, None) => scenarios::stages::comparator_stages(&spec, !no_progress)?,
+                },
             };
             let outcome = scenarios::runner::run(&spec, opts, shutdown).await?;
             print_outcome(&outcome);
@@ -108,7 +132,7 @@ pub async fn run(
     }
 }
 
-fn print_outcome(o: &scenarios::runner::RunOutcome) {
+pub fn print_outcome(o: &scenarios::runner::RunOutcome) {
     let v = &o.verdict;
     println!();
     for e in &v.expectations {
@@ -124,11 +148,32 @@ fn print_outcome(o: &scenarios::runner::RunOutcome) {
     for f in &v.failures {
         println!("  FAIL {f}");
     }
+    // demo: which comparison decided, and the comparator's own report.
+    let by_comparator = o
+        .summary
+        .checks
+        .iter()
+        .any(|c| c.check.starts_with("comparator"));
     println!(
-        "\nverdict: {} (built-in state check; not the comparator)",
-        if v.passed { "PASS" } else { "FAIL" }
+        "\nverdict: {} ({})",
+        if v.passed { "PASS" } else { "FAIL" },
+        if by_comparator {
+            "the scenario's expectations against the comparator's divergences"
+        } else {
+            "built-in state check; not the comparator"
+        }
     );
+    if let Some(g) = &o.summary.gate {
+        println!("gate: {} ({})", g.decision, g.reasons.join("; "));
+        for st in &g.steps {
+            println!("  step {st}");
+        }
+    }
     println!("report: {}", o.report_dir.join("summary.md").display());
+    let html = o.report_dir.join("index.html");
+    if html.exists() {
+        println!("        {}", html.display());
+    }
 }
 
 fn list(dir: PathBuf) -> anyhow::Result<()> {

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod cli_compare;
+mod cli_demo;
 mod cli_gate;
+mod cli_proxy;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +43,24 @@ enum Command {
     },
     /// Rehearse a migration: run a scenario against a simulated receiver fleet.
     Scenario(cli_scenario::ScenarioArgs),
+    /// The whole harness in a couple of minutes: legacy and engine through the
+    /// tee proxy, the comparator, and the gate ramping 0 → 100%.
+    Demo(cli_demo::DemoArgs),
+    /// The tee proxy: ingress mirroring, egress record/replay, ramp.
+    Proxy {
+        #[command(subcommand)]
+        command: cli_proxy::ProxyCommand,
+    },
+    /// Read or move the ramp stage through the proxy's admin listener.
+    Ramp {
+        #[command(subcommand)]
+        command: cli_proxy::RampCommand,
+    },
+    /// The capture store the proxy writes.
+    Captures {
+        #[command(subcommand)]
+        command: cli_proxy::CapturesCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -113,6 +133,9 @@ struct ServeArgs {
     /// Send every delivery through this HTTP forward proxy (the tee proxy's egress listener).
     #[arg(long)]
     egress_proxy: Option<String>,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker; 0 turns it off.
+    #[arg(long)]
+    breaker_failures: Option<u32>,
 }
 
 #[tokio::main]
@@ -158,6 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(proxy) = args.egress_proxy {
                 cfg.worker.egress_proxy = Some(proxy);
             }
+            if let Some(n) = args.breaker_failures {
+                cfg.worker.breaker.failures = n;
+            }
             let cfg = cfg.validate()?;
             engine::server::run(cfg, shutdown_signal())
                 .await
@@ -168,6 +194,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => exit_with(cli_compare::run(args).await?),
         Command::Gate { command } => exit_with(cli_gate::run(command).await?),
         Command::Scenario(args) => cli_scenario::run(args, shutdown_signal()).await,
+        Command::Demo(args) => cli_demo::run(args, shutdown_signal()).await,
+        Command::Proxy { command } => cli_proxy::proxy(command, shutdown_signal()).await,
+        Command::Ramp { command } => cli_proxy::ramp(command).await,
+        Command::Captures { command } => cli_proxy::captures(command).await,
     }
 }
 

@@ -28,11 +28,31 @@ fn go_available() -> bool {
 
 /// Runs `hookshift scenario run FILE --short` with reports in a fresh
 /// directory; returns the output and the run's summary.json (if written).
-fn run(file: &Path, name: &str) -> (Output, Option<Value>) {
+/// Removes a test's report directory when the test passes; a failing test
+/// leaves it for inspection (its path is in the printed output).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn run(file: &Path, name: &str) -> (Output, Option<Value>, Cleanup) {
+    run_with(file, name, &[])
+}
+
+/// demo: `run` with extra flags, e.g. `--builtin-checks` for the tests
+/// written against the runner's own checks (the default is now the tee
+/// proxy, the comparator and the gate; tests/demo_e2e.rs covers those).
+fn run_with(file: &Path, name: &str, extra: &[&str]) -> (Output, Option<Value>, Cleanup) {
     let reports = std::env::temp_dir().join(format!("hookshift-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&reports);
     let out = Command::new(env!("CARGO_BIN_EXE_hookshift"))
         .args(["scenario", "run", "--short", "--no-progress"])
+        .args(extra)
         .arg(file)
         .arg("--reports")
         .arg(&reports)
@@ -43,7 +63,7 @@ fn run(file: &Path, name: &str) -> (Output, Option<Value>) {
     let summary = find_summary(&reports.join(name)).map(|p| {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).expect("summary.json is JSON")
     });
-    (out, summary)
+    (out, summary, Cleanup(reports))
 }
 
 fn find_summary(dir: &Path) -> Option<PathBuf> {
@@ -83,7 +103,7 @@ fn baseline_shows_no_difference() {
     if !go_available() {
         return;
     }
-    let (out, s) = run(&catalog("baseline"), "baseline");
+    let (out, s, _cleanup) = run_with(&catalog("baseline"), "baseline", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
     assert_eq!(s["verdict"]["passed"], true);
@@ -120,12 +140,14 @@ fn body_stall_shows_the_legacy_early_success_bug() {
     if !go_available() {
         return;
     }
-    let (out, s) = run(&catalog("body-stall"), "body-stall");
+    let (out, s, _cleanup) = run_with(&catalog("body-stall"), "body-stall", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
     let s = s.expect("a report");
-    let st = expectation(&s, "state_transition");
-    assert!(st["found"].as_u64().unwrap() > 0, "{st}");
-    assert_eq!(st["ok"], true);
+    for category in ["state_transition", "timeout_classification"] {
+        let e = expectation(&s, category);
+        assert!(e["found"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(e["ok"], true);
+    }
     // The legacy counts the stalled deliveries as succeeded; the engine
     // failed them after retrying.
     let l = &s["senders"]["legacy"]["by_state"];
@@ -152,7 +174,7 @@ fn a_broken_expectation_fails_the_run() {
         return;
     }
     let file = root().join("tests/data/broken-expectation.toml");
-    let (out, s) = run(&file, "broken-expectation");
+    let (out, s, _cleanup) = run(&file, "broken-expectation");
     assert!(!out.status.success(), "must fail: {}", explain(&out));
     let s = s.expect("a report is written even when the verdict fails");
     assert_eq!(s["verdict"]["passed"], false);
@@ -198,11 +220,219 @@ fn every_other_catalog_scenario_meets_its_expectations_in_short_form() {
     assert!(names.len() >= 9, "{names:?}");
     let mut failed = Vec::new();
     for name in &names {
-        let (out, s) = run(&catalog(name), name);
+        let (out, s, cleanup) = run(&catalog(name), name);
         let passed = s.as_ref().map(|s| s["verdict"]["passed"] == true);
         if !out.status.success() || passed != Some(true) {
             failed.push(format!("{name}: {}", explain(&out)));
+            // Keep the failed run's report.
+            std::mem::forget(cleanup);
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// Ctrl-C (SIGINT to hookshift alone) in the middle of the traffic: the run
+/// stops promptly and both senders it started are gone.
+// Linux: the check reads /proc.
+#[cfg(target_os = "linux")]
+#[test]
+fn interrupting_a_run_stops_every_sender_it_started() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    if !go_available() {
+        return;
+    }
+    let reports =
+        std::env::temp_dir().join(format!("hookshift-e2e-{}-interrupt", std::process::id()));
+    let _cleanup = Cleanup(reports.clone());
+    // The full baseline takes half a minute of traffic: long enough to interrupt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookshift"))
+        .args(["scenario", "run", "--no-progress"])
+        .arg(catalog("baseline"))
+        .arg("--reports")
+        .arg(&reports)
+        .arg("--repo")
+        .arg(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut senders = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        // "  legacy sender listening on http://127.0.0.1:PORT (pid N)"
+        if let Some((_, pid)) = line.split_once("(pid ") {
+            senders.push(pid.trim_end_matches(')').to_string());
+        }
+        if line.contains("events at") {
+            break;
+        }
+    }
+    assert_eq!(senders.len(), 2, "both senders announced: {senders:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("hookshift did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exit.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    // Each sender process is gone (or a zombie awaiting its reaper) soon
+    // after: it was killed, not left running.
+    for pid in senders {
+        let gone = || match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            Err(_) => true,
+            Ok(status) => status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z')),
+        };
+        let since = Instant::now();
+        while !gone() && since.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(gone(), "sender process {pid} still runs");
+    }
+}
+
+/// A `command` sender: any process that serves the platform API and prints
+/// its listening line (here the legacy binary, started through sh -c).
+#[test]
+fn a_command_sender_is_started_and_compared_like_the_fixture() {
+    if !go_available() {
+        return;
+    }
+    let bin = scenarios::senders::legacy_binary(&root()).expect("build the legacy fixture");
+    let dir = std::env::temp_dir().join(format!("hookshift-e2e-{}-command", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir_cleanup = Cleanup(dir.clone());
+    let file = dir.join("command-sender.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "command-sender"
+[endpoints]
+count = 3
+mix = [{{ behaviour = "ok" }}]
+[traffic]
+rate_per_s = 20
+count = 6
+[senders]
+timeout = "1s"
+retry_schedule = ["100ms"]
+settle_timeout = "20s"
+[senders.legacy]
+kind = "command"
+command = "{} serve --listen {{listen}} --database-url {{database_url}} --retry-schedule 100ms --timeout 1s"
+[short]
+traffic = {{ count = 6 }}
+"#,
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let (out, s, _cleanup) = run(&file, "command-sender");
+    assert!(out.status.success(), "{}", explain(&out));
+    let s = s.expect("a report");
+    assert_eq!(s["senders"]["legacy"]["kind"], "command");
+    assert_eq!(s["senders"]["legacy"]["by_state"]["succeeded"], 6);
+    assert_eq!(s["senders"]["engine"]["by_state"]["succeeded"], 6);
+}
+
+/// The stage boundary: a check plugged in beside the built-in ones (as the
+/// comparator will be) sees the run's evidence, and what it finds is
+/// judged against the scenario's budgets.
+#[test]
+fn a_plugged_in_check_is_run_and_judged() {
+    use scenarios::runner::{
+        self, CheckReport, Divergence, Evidence, RunError, RunOptions, Stages, SyncCheck,
+    };
+    use scenarios::spec::{Category, Scenario};
+
+    struct EveryDeliveryIsASignatureDivergence;
+    impl SyncCheck for EveryDeliveryIsASignatureDivergence {
+        fn name(&self) -> &str {
+            "test-signature"
+        }
+        fn categories(&self) -> Vec<Category> {
+            vec![Category::Signature]
+        }
+        fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+            assert!(
+                ev.work.join("legacy.db").exists(),
+                "the legacy's database is evidence"
+            );
+            assert!(
+                ev.work.join("engine.db").exists(),
+                "the engine's database is evidence"
+            );
+            Ok(CheckReport {
+                check: "test-signature".into(),
+                categories: vec![Category::Signature],
+                compared: ev.legacy.len() as u64,
+                divergences: ev
+                    .legacy
+                    .keys()
+                    .map(|(e, p)| Divergence {
+                        category: Category::Signature,
+                        key: format!("{e} → {p}"),
+                        legacy: "a".into(),
+                        engine: "b".into(),
+                        detail: "made up by the test".into(),
+                    })
+                    .collect(),
+                description: "a test check".into(),
+            })
+        }
+    }
+
+    if !go_available() {
+        return;
+    }
+    let scenario = Scenario::load(&catalog("baseline"), true).unwrap();
+    let mut stages = Stages::builtin();
+    stages
+        .checks
+        .push(Box::new(EveryDeliveryIsASignatureDivergence));
+    let reports =
+        std::env::temp_dir().join(format!("hookshift-e2e-{}-plugged", std::process::id()));
+    let _cleanup = Cleanup(reports.clone());
+    let opts = RunOptions {
+        tools: scenarios::senders::Toolbox {
+            repo_root: root(),
+            hookshift: PathBuf::from(env!("CARGO_BIN_EXE_hookshift")),
+        },
+        reports_dir: reports,
+        progress: false,
+        stages,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt
+        .block_on(runner::run(&scenario, opts, std::future::pending()))
+        .unwrap();
+    assert!(!outcome.verdict.passed, "baseline's signature budget is 0");
+    let sig = outcome
+        .verdict
+        .expectations
+        .iter()
+        .find(|e| e.category == Category::Signature)
+        .unwrap();
+    assert!(sig.evaluated && !sig.ok && sig.found > 0, "{sig:?}");
+    assert!(outcome
+        .summary
+        .checks
+        .iter()
+        .any(|c| c.check == "test-signature"));
 }

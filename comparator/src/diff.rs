@@ -214,6 +214,7 @@ impl SideView<'_> {
     /// The profile the side used for `url`: the rules', else the stored one,
     /// else detected from the signature headers, else the side's default.
     fn profile(&self, url: &str, h: Option<&History>) -> Profile {
+        // Callers cache the answer per endpoint URL (see `Differ`).
         if let Some(p) = &self.policy.profile {
             return p.clone();
         }
@@ -225,7 +226,7 @@ impl SideView<'_> {
         {
             return p;
         }
-        let ex = h.and_then(|h| h.attempts.values().find_map(|a| a.exchange.as_ref()));
+        let ex = h.and_then(|h| h.attempts.values().find_map(|a| a.exchange.as_deref()));
         let detected = ex.and_then(|ex| {
             [
                 ("webhook-signature", "standard-webhooks"),
@@ -249,9 +250,86 @@ impl SideView<'_> {
     }
 }
 
+/// Diffs one history at a time, accumulating a [`DiffResult`]: what a
+/// streaming reader feeds as each (event, endpoint) is read.
+pub struct Differ<'a> {
+    left: SideView<'a>,
+    right: SideView<'a>,
+    rules: &'a Rules,
+    /// Profiles and retry policies per endpoint URL, resolved once.
+    resolved: HashMap<String, std::rc::Rc<Resolved>>,
+    /// What was found so far.
+    pub result: DiffResult,
+}
+
+/// Both sides' profile and retry policy for one endpoint.
+struct Resolved {
+    lp: Profile,
+    rp: Profile,
+    lretry: RetryPolicy,
+    rretry: RetryPolicy,
+}
+
+impl<'a> Differ<'a> {
+    /// A differ of `left` (the reference) against `right`; the views' own
+    /// histories are not read, only their secrets and profiles.
+    pub fn new(left: SideView<'a>, right: SideView<'a>, rules: &'a Rules) -> Differ<'a> {
+        Differ {
+            left,
+            right,
+            rules,
+            resolved: HashMap::new(),
+            result: DiffResult::default(),
+        }
+    }
+
+    /// Diffs one (event, endpoint) history.
+    pub fn history(&mut self, key: &Key, l: Option<&History>, r: Option<&History>) {
+        let resolved = match self.resolved.get(&key.1) {
+            Some(x) => x.clone(),
+            None => {
+                let lp = self.left.profile(&key.1, l);
+                let rp = self.right.profile(&key.1, r);
+                let x = std::rc::Rc::new(Resolved {
+                    lretry: self.left.retry(&lp),
+                    rretry: self.right.retry(&rp),
+                    lp,
+                    rp,
+                });
+                // Detection from headers needs an exchange; cache only a settled answer.
+                if l.is_some() && r.is_some() {
+                    self.resolved.insert(key.1.clone(), x.clone());
+                }
+                x
+            }
+        };
+        diff_history(
+            key,
+            l,
+            r,
+            (&self.left, &self.right),
+            &resolved,
+            self.rules,
+            &mut self.result,
+        );
+    }
+}
+
 /// Diffs two sides: `left` is the reference (the legacy), `right` the candidate.
 pub fn diff_sides(left: &SideView<'_>, right: &SideView<'_>, rules: &Rules) -> DiffResult {
-    let mut out = DiffResult::default();
+    let mut differ = Differ::new(
+        SideView {
+            data: left.data,
+            sender: left.sender,
+            policy: left.policy,
+        },
+        SideView {
+            data: right.data,
+            sender: right.sender,
+            policy: right.policy,
+        },
+        rules,
+    );
     let keys: BTreeSet<&Key> = left
         .data
         .histories
@@ -259,17 +337,13 @@ pub fn diff_sides(left: &SideView<'_>, right: &SideView<'_>, rules: &Rules) -> D
         .chain(right.data.histories.keys())
         .collect();
     for key in keys {
-        diff_history(
+        differ.history(
             key,
             left.data.histories.get(key),
             right.data.histories.get(key),
-            left,
-            right,
-            rules,
-            &mut out,
         );
     }
-    out
+    differ.result
 }
 
 /// Evidence of an exchange, without bodies.
@@ -290,7 +364,7 @@ fn attempt_evidence(a: &Attempt) -> Value {
         "recorded_outcome": a.recorded.as_ref().map(|r| r.raw_outcome.clone()),
         "recorded_status": a.recorded.as_ref().and_then(|r| r.status),
         "outcome_class": a.outcome().map(Outcome::as_str),
-        "exchange": a.exchange.as_ref().map(exchange_evidence),
+        "exchange": a.exchange.as_deref().map(exchange_evidence),
     })
 }
 
@@ -336,8 +410,8 @@ fn diff_history(
     key: &Key,
     l: Option<&History>,
     r: Option<&History>,
-    lv: &SideView<'_>,
-    rv: &SideView<'_>,
+    (lv, rv): (&SideView<'_>, &SideView<'_>),
+    resolved: &Resolved,
     rules: &Rules,
     out: &mut DiffResult,
 ) {
@@ -385,10 +459,12 @@ fn diff_history(
         }
     };
 
-    let lp = lv.profile(&key.1, Some(l));
-    let rp = rv.profile(&key.1, Some(r));
-    let lretry = lv.retry(&lp);
-    let rretry = rv.retry(&rp);
+    let Resolved {
+        lp,
+        rp,
+        lretry,
+        rretry,
+    } = resolved;
     let lsecrets = lv
         .data
         .secrets
@@ -426,7 +502,7 @@ fn diff_history(
                     diff_signature(
                         lx,
                         rx,
-                        (&lp, &rp),
+                        (lp, rp),
                         (lsecrets, rsecrets),
                         (lv.label(), rv.label()),
                         &akey,
@@ -488,7 +564,7 @@ fn diff_history(
         l,
         r,
         (lv.label(), rv.label()),
-        (&lretry, &rretry),
+        (lretry, rretry),
         &hkey,
         rules,
         out,
@@ -1154,9 +1230,9 @@ fn diff_retries(
         };
         let ra_secs = l.attempts[&n]
             .exchange
-            .as_ref()
+            .as_deref()
             .and_then(retry_after)
-            .or_else(|| r.attempts[&n].exchange.as_ref().and_then(retry_after));
+            .or_else(|| r.attempts[&n].exchange.as_deref().and_then(retry_after));
         let key = DivKey {
             attempt: Some(n + 1),
             ..hkey.clone()

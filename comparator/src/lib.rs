@@ -49,18 +49,8 @@ pub fn compare(
     inputs: BTreeMap<String, String>,
     generated_at_ms: Option<i64>,
 ) -> Report {
-    let legacy = SideView {
-        data: &data.legacy,
-        sender: Sender::Legacy,
-        policy: &rules.legacy,
-    };
-    let engine = SideView {
-        data: &data.engine,
-        sender: Sender::Engine,
-        policy: &rules.engine,
-    };
+    let (legacy, engine) = views(data, rules);
     let mut result = diff::diff_sides(&legacy, &engine, rules);
-    diff::diff_ingress(&data.ingress, rules, &mut result);
     if let Some(second) = &data.secondary {
         // The second legacy run plays the candidate, with the legacy's declarations.
         let other = SideView {
@@ -71,6 +61,33 @@ pub fn compare(
         let noise = diff::diff_sides(&legacy, &other, rules);
         diff::apply_learned_noise(&mut result, &noise, rules);
     }
+    finish(data, result, rules, name, inputs, generated_at_ms)
+}
+
+fn views<'a>(data: &'a Dataset, rules: &'a Rules) -> (SideView<'a>, SideView<'a>) {
+    (
+        SideView {
+            data: &data.legacy,
+            sender: Sender::Legacy,
+            policy: &rules.legacy,
+        },
+        SideView {
+            data: &data.engine,
+            sender: Sender::Engine,
+            policy: &rules.engine,
+        },
+    )
+}
+
+fn finish(
+    data: &Dataset,
+    mut result: diff::DiffResult,
+    rules: &Rules,
+    name: &str,
+    inputs: BTreeMap<String, String>,
+    generated_at_ms: Option<i64>,
+) -> Report {
+    diff::diff_ingress(&data.ingress, rules, &mut result);
     let ingress_times: Vec<i64> = data.ingress.iter().map(|c| c.at).collect();
     report::build(
         name,
@@ -108,6 +125,59 @@ pub struct CompareInput {
     pub generated_at_ms: Option<i64>,
 }
 
+/// Diffs each (event, endpoint) as the capture store yields it, so memory
+/// holds the databases' outcomes and states but never all exchanges.
+async fn stream_compare(
+    url: &str,
+    mut data: Dataset,
+    input: &CompareInput,
+    inputs: BTreeMap<String, String>,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<Report, CompareError> {
+    let mut legacy_h = std::mem::take(&mut data.legacy.histories);
+    let mut engine_h = std::mem::take(&mut data.engine.histories);
+    let rules = &input.rules;
+    let (lv, ev) = views(&data, rules);
+    let mut differ = diff::Differ::new(lv, ev, rules);
+    let unkeyed = load::stream_captures(
+        url,
+        load::CaptureFilter::Both,
+        |event_id, endpoint_url, group| {
+            let key = (event_id, endpoint_url);
+            let mut l = legacy_h.remove(&key);
+            let mut r = engine_h.remove(&key);
+            for (sender, n, ex) in group {
+                let h = match sender {
+                    Sender::Legacy => l.get_or_insert_with(Default::default),
+                    Sender::Engine => r.get_or_insert_with(Default::default),
+                };
+                h.attempts.entry(n).or_default().exchange = Some(Box::new(ex));
+            }
+            differ.history(&key, l.as_ref(), r.as_ref());
+        },
+        |n| progress("captures", n),
+    )
+    .await?;
+    // Deliveries the databases hold that never reached the egress.
+    let rest: std::collections::BTreeSet<model::Key> =
+        legacy_h.keys().chain(engine_h.keys()).cloned().collect();
+    for key in rest {
+        differ.history(&key, legacy_h.get(&key), engine_h.get(&key));
+    }
+    progress("comparing", 0);
+    let result = differ.result;
+    let mut data = data;
+    data.unkeyed_exchanges = unkeyed;
+    Ok(finish(
+        &data,
+        result,
+        rules,
+        &input.name,
+        inputs,
+        input.generated_at_ms,
+    ))
+}
+
 /// Why a comparison could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
@@ -136,18 +206,8 @@ pub async fn run(
         })?,
         None => load::DEFAULT_LEGACY_QUERY.to_owned(),
     };
-    if let Some(url) = &input.captures {
-        inputs.insert("captures".into(), load::mask_url(url));
-        data.unkeyed_exchanges = load::load_captures(
-            url,
-            load::CaptureFilter::Both,
-            &mut data.legacy,
-            &mut data.engine,
-            Some(&mut data.ingress),
-            |n| progress("captures", n),
-        )
-        .await?;
-    }
+    // The databases first: outcomes and states are small and held in
+    // memory; the capture store's exchanges are streamed past them below.
     if let Some(url) = &input.engine_db {
         inputs.insert("engine_db".into(), load::mask_url(url));
         progress("engine database", 0);
@@ -161,8 +221,41 @@ pub async fn run(
     if let Some(p) = &input.legacy_query {
         inputs.insert("legacy_query".into(), p.display().to_string());
     }
-    if input.secondary_captures.is_some() || input.secondary_legacy_db.is_some() {
-        let mut second = SideData::default();
+    if let Some(p) = &input.secrets {
+        inputs.insert("secrets".into(), p.display().to_string());
+        let secrets = load::load_secrets(p)?;
+        // The file fills in endpoints a store has no secret for.
+        for side in [&mut data.legacy, &mut data.engine] {
+            for (url, list) in &secrets {
+                side.secrets
+                    .entry(url.clone())
+                    .or_insert_with(|| list.clone());
+            }
+        }
+    }
+    let learned = input.secondary_captures.is_some() || input.secondary_legacy_db.is_some();
+    if let Some(url) = &input.captures {
+        inputs.insert("captures".into(), load::mask_url(url));
+        data.ingress = load::load_ingress(url).await?;
+        if !learned {
+            progress("captures", 0);
+            return stream_compare(url, data, input, inputs, &mut progress).await;
+        }
+        // Learned noise needs the primary run's legacy histories twice: load it all.
+        data.unkeyed_exchanges = load::load_captures(
+            url,
+            load::CaptureFilter::Both,
+            &mut data.legacy,
+            &mut data.engine,
+            |n| progress("captures", n),
+        )
+        .await?;
+    }
+    if learned {
+        let mut second = SideData {
+            secrets: data.legacy.secrets.clone(),
+            ..SideData::default()
+        };
         let mut unused = SideData::default();
         if let Some(url) = &input.secondary_captures {
             inputs.insert("secondary_captures".into(), load::mask_url(url));
@@ -171,7 +264,6 @@ pub async fn run(
                 load::CaptureFilter::LegacyOnly,
                 &mut second,
                 &mut unused,
-                None,
                 |n| progress("secondary captures", n),
             )
             .await?;
@@ -181,21 +273,6 @@ pub async fn run(
             load::load_legacy_db(url, &query, &mut second).await?;
         }
         data.secondary = Some(second);
-    }
-    if let Some(p) = &input.secrets {
-        inputs.insert("secrets".into(), p.display().to_string());
-        let secrets = load::load_secrets(p)?;
-        // The file fills in endpoints a store has no secret for.
-        for side in [&mut data.legacy, &mut data.engine]
-            .into_iter()
-            .chain(data.secondary.as_mut())
-        {
-            for (url, list) in &secrets {
-                side.secrets
-                    .entry(url.clone())
-                    .or_insert_with(|| list.clone());
-            }
-        }
     }
     progress("comparing", 0);
     Ok(compare(

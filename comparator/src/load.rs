@@ -177,20 +177,13 @@ pub enum CaptureFilter {
     LegacyOnly,
 }
 
-/// Reads the capture store's egress exchanges into the two sides, and its
-/// ingress exchanges. Returns the number of exchanges without an event id.
-pub async fn load_captures(
-    url: &str,
-    filter: CaptureFilter,
-    legacy: &mut SideData,
-    engine: &mut SideData,
-    ingress: Option<&mut Vec<Ingress>>,
-    mut progress: impl FnMut(u64),
-) -> Result<u64, LoadError> {
-    let db = open(CAPTURES, url).await?;
+/// The egress rows of one (event id, endpoint URL), both senders.
+pub type Group = Vec<(Sender, u32, Exchange)>;
+
+async fn check_capture_version(db: &Db, url: &str) -> Result<(), LoadError> {
     let mut version: Option<String> = None;
     each_row!(
-        &db,
+        db,
         CAPTURES,
         url,
         "SELECT value FROM capture_meta WHERE key = 'schema_version'",
@@ -198,32 +191,46 @@ pub async fn load_captures(
             version = Some(get(&row, CAPTURES, 0)?);
         }
     );
-    if let Some(v) = version.filter(|v| v != "1") {
-        return Err(LoadError::Row {
+    match version {
+        Some(v) if v != "1" => Err(LoadError::Row {
             what: CAPTURES,
             message: format!("capture_meta schema_version is {v}; this comparator reads version 1"),
-        });
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Streams the capture store's egress exchanges in key order and calls
+/// `on_group` once per (event id, endpoint URL) with all its rows, so a
+/// caller can diff and drop each history before the next is read. Returns
+/// the number of rows without an event id (or opaque tunnels).
+pub async fn stream_captures(
+    url: &str,
+    filter: CaptureFilter,
+    mut on_group: impl FnMut(String, String, Group),
+    mut progress: impl FnMut(u64),
+) -> Result<u64, LoadError> {
+    let db = open(CAPTURES, url).await?;
+    check_capture_version(&db, url).await?;
+    // The key index (event_id, endpoint_url, attempt, sender) serves this order.
     let sql = "SELECT seq, sender, role, event_id, endpoint_url, attempt, http_version, \
                request_headers, request_body, response_status, response_headers, \
                CAST(LENGTH(response_body) AS BIGINT), fault, latency_us, started_at, note \
-               FROM egress_exchanges ORDER BY seq";
+               FROM egress_exchanges ORDER BY event_id, endpoint_url, attempt, sender";
     let mut unkeyed = 0u64;
     let mut n = 0u64;
+    let mut current: Option<(String, String)> = None;
+    let mut group: Group = Vec::new();
     each_row!(&db, CAPTURES, url, sql, |row| {
+        n += 1;
+        if n % 50_000 == 0 {
+            progress(n);
+        }
         let seq: i64 = get(&row, CAPTURES, 0)?;
         let sender: String = get(&row, CAPTURES, 1)?;
-        let role: String = get(&row, CAPTURES, 2)?;
-        let event_id: Option<String> = get(&row, CAPTURES, 3)?;
-        let endpoint_url: String = get(&row, CAPTURES, 4)?;
-        let attempt: i64 = get(&row, CAPTURES, 5)?;
-        let req_h: String = get(&row, CAPTURES, 7)?;
-        let resp_h: Option<String> = get(&row, CAPTURES, 10)?;
-        let status: Option<i64> = get(&row, CAPTURES, 9)?;
-        let body_len: Option<i64> = get(&row, CAPTURES, 11)?;
-        let side = match (sender.as_str(), filter) {
-            ("legacy", _) => &mut *legacy,
-            ("engine", CaptureFilter::Both) => &mut *engine,
+        let sender = match (sender.as_str(), filter) {
+            ("legacy", _) => Sender::Legacy,
+            ("engine", CaptureFilter::Both) => Sender::Engine,
             ("engine", CaptureFilter::LegacyOnly) => continue,
             (other, _) => {
                 return Err(LoadError::Row {
@@ -232,14 +239,28 @@ pub async fn load_captures(
                 })
             }
         };
+        let event_id: Option<String> = get(&row, CAPTURES, 3)?;
         let Some(event_id) = event_id else {
             unkeyed += 1;
             continue;
         };
+        let fault: Option<String> = get(&row, CAPTURES, 12)?;
+        if fault.as_deref() == Some("tunnel") {
+            // A CONNECT tunnel is opaque bytes: nothing to compare.
+            unkeyed += 1;
+            continue;
+        }
+        let endpoint_url: String = get(&row, CAPTURES, 4)?;
+        let attempt: i64 = get(&row, CAPTURES, 5)?;
         let attempt = u32::try_from(attempt).map_err(|_| LoadError::Row {
             what: CAPTURES,
             message: format!("egress_exchanges row {seq}: attempt {attempt} out of range"),
         })?;
+        let role: String = get(&row, CAPTURES, 2)?;
+        let req_h: String = get(&row, CAPTURES, 7)?;
+        let resp_h: Option<String> = get(&row, CAPTURES, 10)?;
+        let status: Option<i64> = get(&row, CAPTURES, 9)?;
+        let body_len: Option<i64> = get(&row, CAPTURES, 11)?;
         let ex = Exchange {
             seq,
             role: Role::parse(&role),
@@ -261,50 +282,86 @@ pub async fn load_captures(
                 resp_h.as_deref(),
             )?,
             response_body_len: body_len.map(|l| l as usize),
-            fault: get(&row, CAPTURES, 12)?,
+            fault,
             latency_us: get(&row, CAPTURES, 13)?,
             started_at: get(&row, CAPTURES, 14)?,
             note: get(&row, CAPTURES, 15)?,
         };
-        if ex.fault.as_deref() == Some("tunnel") {
-            // A CONNECT tunnel is opaque bytes: nothing to compare.
-            unkeyed += 1;
-            continue;
+        let same = current
+            .as_ref()
+            .is_some_and(|(e, u)| *e == event_id && *u == endpoint_url);
+        if !same {
+            if let Some((e, u)) = current.take() {
+                on_group(e, u, std::mem::take(&mut group));
+            }
+            current = Some((event_id, endpoint_url));
         }
-        side.add_exchange(&event_id, &endpoint_url, attempt, ex);
-        n += 1;
-        if n % 10_000 == 0 {
-            progress(n);
-        }
+        group.push((sender, attempt, ex));
     });
-    if let Some(ingress) = ingress {
-        let sql = "SELECT seq, method, path, event_id, primary_sender, primary_status, primary_body, \
-                   shadow_status, shadow_body, shadow_error, at FROM ingress_exchanges ORDER BY seq";
-        each_row!(&db, CAPTURES, url, sql, |row| {
-            let primary: String = get(&row, CAPTURES, 4)?;
-            let ps: Option<i64> = get(&row, CAPTURES, 5)?;
-            let ss: Option<i64> = get(&row, CAPTURES, 7)?;
-            ingress.push(Ingress {
-                seq: get(&row, CAPTURES, 0)?,
-                method: get(&row, CAPTURES, 1)?,
-                path: get(&row, CAPTURES, 2)?,
-                event_id: get(&row, CAPTURES, 3)?,
-                primary_sender: match primary.as_str() {
-                    "legacy" => Some(Sender::Legacy),
-                    "engine" => Some(Sender::Engine),
-                    _ => None,
-                },
-                primary_status: ps.and_then(|s| u16::try_from(s).ok()),
-                primary_body: get(&row, CAPTURES, 6)?,
-                shadow_status: ss.and_then(|s| u16::try_from(s).ok()),
-                shadow_body: get(&row, CAPTURES, 8)?,
-                shadow_error: get(&row, CAPTURES, 9)?,
-                at: get(&row, CAPTURES, 10)?,
-            });
-        });
+    if let Some((e, u)) = current.take() {
+        on_group(e, u, group);
     }
     close(db).await;
     Ok(unkeyed)
+}
+
+/// Reads the capture store's egress exchanges into the two sides. Returns
+/// the number of exchanges without an event id.
+pub async fn load_captures(
+    url: &str,
+    filter: CaptureFilter,
+    legacy: &mut SideData,
+    engine: &mut SideData,
+    progress: impl FnMut(u64),
+) -> Result<u64, LoadError> {
+    stream_captures(
+        url,
+        filter,
+        |event_id, endpoint_url, group| {
+            for (sender, attempt, ex) in group {
+                let side = match sender {
+                    Sender::Legacy => &mut *legacy,
+                    Sender::Engine => &mut *engine,
+                };
+                side.add_exchange(&event_id, &endpoint_url, attempt, ex);
+            }
+        },
+        progress,
+    )
+    .await
+}
+
+/// Reads the capture store's ingress exchanges.
+pub async fn load_ingress(url: &str) -> Result<Vec<Ingress>, LoadError> {
+    let db = open(CAPTURES, url).await?;
+    check_capture_version(&db, url).await?;
+    let mut ingress = Vec::new();
+    let sql = "SELECT seq, method, path, event_id, primary_sender, primary_status, primary_body, \
+               shadow_status, shadow_body, shadow_error, at FROM ingress_exchanges ORDER BY seq";
+    each_row!(&db, CAPTURES, url, sql, |row| {
+        let primary: String = get(&row, CAPTURES, 4)?;
+        let ps: Option<i64> = get(&row, CAPTURES, 5)?;
+        let ss: Option<i64> = get(&row, CAPTURES, 7)?;
+        ingress.push(Ingress {
+            seq: get(&row, CAPTURES, 0)?,
+            method: get(&row, CAPTURES, 1)?,
+            path: get(&row, CAPTURES, 2)?,
+            event_id: get(&row, CAPTURES, 3)?,
+            primary_sender: match primary.as_str() {
+                "legacy" => Some(Sender::Legacy),
+                "engine" => Some(Sender::Engine),
+                _ => None,
+            },
+            primary_status: ps.and_then(|s| u16::try_from(s).ok()),
+            primary_body: get(&row, CAPTURES, 6)?,
+            shadow_status: ss.and_then(|s| u16::try_from(s).ok()),
+            shadow_body: get(&row, CAPTURES, 8)?,
+            shadow_error: get(&row, CAPTURES, 9)?,
+            at: get(&row, CAPTURES, 10)?,
+        });
+    });
+    close(db).await;
+    Ok(ingress)
 }
 
 async fn close(db: Db) {

@@ -218,10 +218,12 @@ pub struct Recorded {
 /// One attempt of one side: what the egress saw and what the sender recorded.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Attempt {
-    /// The egress's record, if the attempt went through it.
-    pub exchange: Option<Exchange>,
-    /// The sender's record, if its database was read.
-    pub recorded: Option<Recorded>,
+    /// The egress's record, if the attempt went through it (boxed: most
+    /// attempts in memory at once are the databases' records without one).
+    pub exchange: Option<Box<Exchange>>,
+    /// The sender's record, if its database was read (boxed, as the
+    /// exchange: a history's attempt map then stays a few hundred bytes).
+    pub recorded: Option<Box<Recorded>>,
 }
 
 impl Attempt {
@@ -230,7 +232,7 @@ impl Attempt {
         self.recorded
             .as_ref()
             .map(|r| r.outcome)
-            .or_else(|| self.exchange.as_ref().and_then(Exchange::implied_outcome))
+            .or_else(|| self.exchange.as_deref().and_then(Exchange::implied_outcome))
     }
 }
 
@@ -275,14 +277,14 @@ impl SideData {
             .attempts
             .entry(n)
             .or_default()
-            .exchange = Some(ex);
+            .exchange = Some(Box::new(ex));
     }
 
     /// Adds a recorded attempt `n`.
     pub fn add_recorded(&mut self, event_id: &str, url: &str, n: u32, rec: Recorded) {
         let h = self.history(event_id, url);
         h.in_db = true;
-        h.attempts.entry(n).or_default().recorded = Some(rec);
+        h.attempts.entry(n).or_default().recorded = Some(Box::new(rec));
     }
 }
 

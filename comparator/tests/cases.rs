@@ -70,7 +70,7 @@ impl Side {
 
     /// Attempt `n` as captured by the egress.
     fn ex(mut self, n: u32, ex: Exchange) -> Side {
-        self.history.attempts.entry(n).or_default().exchange = Some(ex);
+        self.history.attempts.entry(n).or_default().exchange = Some(Box::new(ex));
         self
     }
 
@@ -89,12 +89,12 @@ impl Side {
             .get(&n)
             .and_then(|a| a.exchange.as_ref())
             .map_or(T0, |e| e.started_at);
-        self.history.attempts.entry(n).or_default().recorded = Some(Recorded {
+        self.history.attempts.entry(n).or_default().recorded = Some(Box::new(Recorded {
             raw_outcome: raw.into(),
             outcome,
             status,
             started_at,
-        });
+        }));
         self.history.in_db = true;
         self
     }

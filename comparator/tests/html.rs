@@ -71,7 +71,7 @@ fn dataset() -> Dataset {
         ] {
             let side: &mut SideData = side;
             let mut h1 = History::default();
-            h1.attempts.entry(1).or_default().exchange = Some(ex(body, at, h));
+            h1.attempts.entry(1).or_default().exchange = Some(Box::new(ex(body, at, h)));
             side.histories.insert((format!("evt_{i}"), url.into()), h1);
         }
     }

@@ -492,6 +492,29 @@ mod tests {
     }
 
     #[test]
+    fn egress_proxy_comes_from_the_environment_and_is_checked() {
+        let cfg = EngineConfig::load(
+            None,
+            env(&[("HOOKSHIFT_WORKER_EGRESS_PROXY", "http://127.0.0.1:9092")]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.worker.egress_proxy.as_deref(),
+            Some("http://127.0.0.1:9092")
+        );
+        cfg.validate().unwrap();
+        let err = EngineConfig::load(
+            None,
+            env(&[("HOOKSHIFT_WORKER_EGRESS_PROXY", "127.0.0.1:9092")]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("worker.egress_proxy"), "{err}");
+    }
+
+    #[test]
     fn public_listen_without_tokens_is_refused() {
         let cfg = EngineConfig {
             listen: "0.0.0.0:8080".into(),

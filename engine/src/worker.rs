@@ -32,14 +32,14 @@ use crate::delivery::http::{Exchange, OutboundRequest, Outcome, Sender};
 use crate::metrics::Metrics;
 use crate::profile::{self, HeaderCase, Message, Profile};
 use crate::state::{DeliveryState, OutcomeClass};
-use crate::store::{AttemptRecord, ClaimSpec, Claimed, Store, StoreError};
+use crate::store::{AttemptRecord, ClaimSpec, Claimed, EndpointRow, EventRow, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 /// How the worker runs.
@@ -100,6 +100,16 @@ pub enum WorkerError {
 pub struct Reserved {
     claim: Claimed,
     started_at: i64,
+    /// What the attempt needs, loaded for the whole claim at once.
+    prefetched: Option<Prefetched>,
+}
+
+/// An attempt's endpoint (None: deleted), event and signing secrets.
+#[derive(Debug, Clone)]
+struct Prefetched {
+    endpoint: Option<Arc<EndpointRow>>,
+    event: Option<Arc<EventRow>>,
+    secrets: Arc<Vec<String>>,
 }
 
 impl Reserved {
@@ -231,7 +241,24 @@ struct Inner {
     per_endpoint: Mutex<HashMap<String, usize>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     profiles: HashMap<String, Profile>,
+    /// Finished attempts on their way to the recorders.
+    records: mpsc::Sender<RecordJob>,
 }
+
+/// One finished attempt waiting to be persisted, and who waits for it.
+type RecordJob = (
+    AttemptRecord,
+    oneshot::Sender<Result<crate::store::Recorded, StoreError>>,
+);
+
+/// Most deliveries leased by one claim.
+const CLAIM_MAX: usize = 256;
+
+/// How long a freed slot may wait for others before the worker claims.
+const CLAIM_LINGER: Duration = Duration::from_millis(2);
+
+/// Most attempts persisted in one transaction.
+const RECORD_BATCH: usize = 256;
 
 /// A token bucket for one rate-limited endpoint, on the injected clock.
 #[derive(Debug, Clone, Copy)]
@@ -269,6 +296,7 @@ impl Bucket {
 pub struct Worker {
     inner: Arc<Inner>,
     wake: Arc<Notify>,
+    records: mpsc::Receiver<RecordJob>,
 }
 
 impl Worker {
@@ -303,7 +331,9 @@ impl Worker {
             });
         }
         let owner = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        let (records_tx, records) = mpsc::channel(cfg.max_in_flight.max(1) * 2);
         Ok(Worker {
+            records,
             inner: Arc::new(Inner {
                 store,
                 sender,
@@ -312,6 +342,7 @@ impl Worker {
                 slots: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
                 per_endpoint: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
+                records: records_tx,
                 owner,
                 profiles,
                 cfg,
@@ -331,6 +362,16 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
         let mut tasks: JoinSet<()> = JoinSet::new();
+        // Group commit of outcomes: one writer is all SQLite can use; a few
+        // overlap PostgreSQL's round trips.
+        let recorders = match inner.store.kind() {
+            crate::store::BackendKind::Sqlite => 1,
+            crate::store::BackendKind::Postgres => 4,
+        };
+        let records = Arc::new(tokio::sync::Mutex::new(self.records));
+        let recorders: Vec<_> = (0..recorders)
+            .map(|_| tokio::spawn(record_loop(inner.clone(), records.clone())))
+            .collect();
         let rescuer = tokio::spawn(rescue_loop(inner.clone()));
         let gauges = tokio::spawn(gauge_loop(inner.clone()));
         tokio::pin!(shutdown);
@@ -343,7 +384,9 @@ impl Worker {
             } else {
                 claim_batch(&inner, free).await
             };
-            let got_any = !claimed.is_empty();
+            // A full claim suggests more is due: claim again at once if
+            // enough slots are free to make the transaction worth it.
+            let full = !claimed.is_empty() && claimed.len() >= free.min(CLAIM_MAX);
             for (reserved, permit) in claimed {
                 let inner = inner.clone();
                 inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -355,15 +398,27 @@ impl Worker {
                     drop(permit);
                 });
             }
-            if got_any && inner.slots.available_permits() > 0 {
+            let batch = (inner.cfg.max_in_flight / 16).max(1);
+            if full && inner.slots.available_permits() >= batch {
                 continue;
             }
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(inner.cfg.poll_interval) => {}
-                // A slot freed up: look again for work.
-                _ = tasks.join_next(), if !tasks.is_empty() => {}
+                // A slot freed up: look again for work, after letting a few
+                // more attempts finish (briefly), so that one claim
+                // transaction serves many slots instead of one each.
+                _ = tasks.join_next(), if !tasks.is_empty() => {
+                    let linger = tokio::time::sleep(CLAIM_LINGER);
+                    tokio::pin!(linger);
+                    while inner.slots.available_permits() < batch && !tasks.is_empty() {
+                        tokio::select! {
+                            _ = &mut linger => break,
+                            _ = tasks.join_next() => {}
+                        }
+                    }
+                }
             }
         }
         rescuer.abort();
@@ -377,6 +432,11 @@ impl Worker {
                 "drain timeout: attempts still in flight are left to their leases"
             );
             tasks.abort_all();
+        }
+        // Every attempt that finished has its answer: nothing waits on the
+        // recorders any more.
+        for r in recorders {
+            r.abort();
         }
     }
 }
@@ -437,7 +497,7 @@ async fn claim_batch(
         (skip, quotas)
     };
     let lease_until = now + inner.cfg.lease.as_millis() as i64;
-    let limit = free.min(256) as i64;
+    let limit = free.min(CLAIM_MAX) as i64;
     let spec = ClaimSpec {
         owner: &inner.owner,
         now,
@@ -445,6 +505,7 @@ async fn claim_batch(
         limit,
         skip_endpoints: &skip,
         quotas: &quotas,
+        rate_limits_by_quota: true,
         probe_interval_ms: inner
             .cfg
             .breaker
@@ -488,6 +549,7 @@ async fn claim_batch(
                 Reserved {
                     claim,
                     started_at: now,
+                    prefetched: None,
                 },
                 permit,
             )),
@@ -505,7 +567,67 @@ async fn claim_batch(
             }
         }
     }
+    prefetch(inner, &mut out, now).await;
     out
+}
+
+/// Loads the endpoints, events and secrets of a whole claim in three
+/// queries instead of three per attempt. On failure each attempt loads its
+/// own.
+async fn prefetch(
+    inner: &Inner,
+    out: &mut [(Reserved, tokio::sync::OwnedSemaphorePermit)],
+    now: i64,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let mut endpoint_ids: Vec<String> = out
+        .iter()
+        .map(|(r, _)| r.claim.endpoint_id.clone())
+        .collect();
+    endpoint_ids.sort();
+    endpoint_ids.dedup();
+    let mut event_ids: Vec<String> = out.iter().map(|(r, _)| r.claim.event_id.clone()).collect();
+    event_ids.sort();
+    event_ids.dedup();
+    let loaded = async {
+        let endpoints = inner.store.endpoints_by_ids(&endpoint_ids).await?;
+        let events = inner.store.events_by_ids(&event_ids).await?;
+        let secrets = inner.store.signing_secrets_for(&endpoint_ids, now).await?;
+        Ok::<_, StoreError>((endpoints, events, secrets))
+    };
+    let (endpoints, events, secrets) = match loaded.await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "prefetch failed; attempts load their own");
+            return;
+        }
+    };
+    let endpoints: HashMap<String, Arc<EndpointRow>> = endpoints
+        .into_iter()
+        .map(|e| (e.id.clone(), Arc::new(e)))
+        .collect();
+    let events: HashMap<String, Arc<EventRow>> = events
+        .into_iter()
+        .map(|e| (e.id.clone(), Arc::new(e)))
+        .collect();
+    let mut by_endpoint: HashMap<String, Vec<String>> = HashMap::new();
+    for (endpoint, secret) in secrets {
+        by_endpoint.entry(endpoint).or_default().push(secret);
+    }
+    let by_endpoint: HashMap<String, Arc<Vec<String>>> = by_endpoint
+        .into_iter()
+        .map(|(k, v)| (k, Arc::new(v)))
+        .collect();
+    for (reserved, _) in out.iter_mut() {
+        let c = &reserved.claim;
+        reserved.prefetched = Some(Prefetched {
+            endpoint: endpoints.get(&c.endpoint_id).cloned(),
+            event: events.get(&c.event_id).cloned(),
+            secrets: by_endpoint.get(&c.endpoint_id).cloned().unwrap_or_default(),
+        });
+    }
 }
 
 /// Runs one attempt from reservation to persisted outcome.
@@ -543,7 +665,7 @@ async fn attempt(inner: &Inner, reserved: Reserved) {
             // Rendering fails the same way every time: no retry.
             record.to = DeliveryState::Failed;
             record.next_attempt_at = None;
-            persist(inner, &record).await;
+            persist(inner, record).await;
             return;
         }
         Err(e) => {
@@ -555,44 +677,102 @@ async fn attempt(inner: &Inner, reserved: Reserved) {
     let (class, took) = (exchange.outcome.class(), exchange.duration);
     let completed = reserved.finish(sent, exchange, inner.clock.now_ms());
     let record = completed.decide(&inner.owner, &profile.retry, &mut rand::thread_rng());
-    persist(inner, &record).await;
+    persist(inner, record).await;
     // Metrics come after the outcome is durable.
     inner.metrics.attempt_finished(class, took);
 }
 
-async fn persist(inner: &Inner, record: &AttemptRecord) {
-    // The exchange happened; losing its record would hide it, so a
-    // transient store failure is retried a few times.
-    for attempt in 0..5 {
-        match inner.store.record_attempt(record, &inner.cfg.breaker).await {
-            Ok(r) => {
-                if !r.moved {
-                    tracing::warn!(
-                        "lease lost before the outcome was recorded; the delivery was rescued"
-                    );
-                }
-                match r.breaker {
-                    Change::None => {}
-                    Change::Opened => {
-                        tracing::warn!(endpoint = %record.endpoint_id, "circuit breaker opened");
-                    }
-                    Change::Closed => {
-                        tracing::info!(endpoint = %record.endpoint_id, "circuit breaker closed");
-                    }
-                    Change::Disable => {
-                        tracing::warn!(endpoint = %record.endpoint_id, "circuit breaker disabled the endpoint after continuous failure");
-                    }
-                }
-                inner.metrics.breaker_change(r.breaker);
+/// Hands a finished attempt to the recorders and waits until it is durable
+/// (or has failed to be: then the lease expires and it is retried).
+async fn persist(inner: &Inner, record: AttemptRecord) {
+    let endpoint = record.endpoint_id.clone();
+    let (reply, answer) = oneshot::channel();
+    if inner.records.send((record, reply)).await.is_err() {
+        tracing::error!(
+            "the recorders stopped; the lease will expire and the attempt will be retried"
+        );
+        return;
+    }
+    match answer.await {
+        Ok(Ok(r)) => {
+            if !r.moved {
+                tracing::warn!(
+                    "lease lost before the outcome was recorded; the delivery was rescued"
+                );
+            }
+            match r.breaker {
+                Change::None => {}
+                Change::Opened => tracing::warn!(%endpoint, "circuit breaker opened"),
+                Change::Closed => tracing::info!(%endpoint, "circuit breaker closed"),
+                Change::Disable => tracing::warn!(
+                    %endpoint,
+                    "circuit breaker disabled the endpoint after continuous failure"
+                ),
+            }
+            inner.metrics.breaker_change(r.breaker);
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
+        }
+        Err(_) => tracing::error!("the recorder dropped the attempt; the lease will expire"),
+    }
+}
+
+/// Persists finished attempts in batches, one transaction each.
+async fn record_loop(inner: Arc<Inner>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<RecordJob>>>) {
+    let mut jobs: Vec<RecordJob> = Vec::with_capacity(RECORD_BATCH);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut jobs, RECORD_BATCH).await == 0 {
                 return;
             }
+        }
+        let (records, replies): (Vec<AttemptRecord>, Vec<_>) = jobs.drain(..).unzip();
+        match record_with_retries(&inner, &records).await {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            // A batch that fails for good is retried one record at a time,
+            // so one bad record cannot sink the others.
+            Err(_) if records.len() > 1 => {
+                for (rec, reply) in records.iter().zip(replies) {
+                    let r = record_with_retries(&inner, std::slice::from_ref(rec))
+                        .await
+                        .map(|mut v| v.remove(0));
+                    let _ = reply.send(r);
+                }
+            }
+            // A batch of one: its waiter gets the error itself.
+            Err(e) => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// The exchanges happened; losing their records would hide them, so a
+/// transient store failure is retried a few times.
+async fn record_with_retries(
+    inner: &Inner,
+    records: &[AttemptRecord],
+) -> Result<Vec<crate::store::Recorded>, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match inner
+            .store
+            .record_attempts(records, &inner.cfg.breaker)
+            .await
+        {
             Err(e) if e.is_retryable() && attempt < 4 => {
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
-                return;
-            }
+            other => return other,
         }
     }
 }
@@ -600,22 +780,35 @@ async fn persist(inner: &Inner, record: &AttemptRecord) {
 /// Loads what the attempt needs and renders the exact request.
 async fn prepare(inner: &Inner, reserved: &Reserved) -> Result<Prepare, StoreError> {
     let claim = &reserved.claim;
-    let Some(endpoint) = inner.store.get_endpoint(&claim.endpoint_id).await? else {
+    let loaded = match &reserved.prefetched {
+        Some(p) => p.clone(),
+        None => {
+            let endpoint = inner.store.get_endpoint(&claim.endpoint_id).await?;
+            let event = inner.store.get_event(&claim.event_id).await?;
+            let secrets = inner
+                .store
+                .signing_secrets(&claim.endpoint_id, inner.clock.now_ms())
+                .await?;
+            Prefetched {
+                endpoint: endpoint.map(Arc::new),
+                event: event.map(Arc::new),
+                secrets: Arc::new(secrets),
+            }
+        }
+    };
+    let Some(endpoint) = loaded.endpoint else {
         return Ok(Prepare::EndpointGone);
     };
     if endpoint.disabled {
         return Ok(Prepare::EndpointGone);
     }
-    let Some(event) = inner.store.get_event(&claim.event_id).await? else {
+    let Some(event) = loaded.event else {
         return Err(StoreError::Corrupt(format!(
             "delivery {} has no event {}",
             claim.id, claim.event_id
         )));
     };
-    let secrets = inner
-        .store
-        .signing_secrets(&endpoint.id, inner.clock.now_ms())
-        .await?;
+    let secrets = loaded.secrets;
     let name = endpoint
         .profile
         .as_deref()
@@ -644,7 +837,7 @@ async fn prepare(inner: &Inner, reserved: &Reserved) -> Result<Prepare, StoreErr
         body_sha256: hex::encode(Sha256::digest(&rendered.body)),
     };
     let request = OutboundRequest {
-        url: endpoint.url,
+        url: endpoint.url.clone(),
         headers,
         body: rendered.body.into(),
         deadline: profile.timeout,

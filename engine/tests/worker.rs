@@ -392,6 +392,24 @@ async fn expect_hits(rx: &support::Receiver, store: &Store, n: usize, label: &st
     }
     // Longer than the worker's poll interval: anything claimable is claimed.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if rx.hits().len() != n {
+        let all = store
+            .list_deliveries(&engine::store::DeliveryFilter {
+                state: None,
+                endpoint_id: None,
+                cursor: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let ids: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
+        for t in store.transitions_for(&ids).await.unwrap() {
+            eprintln!(
+                "{} {:?} -> {} attempt {} {:?} {} at {}",
+                t.delivery_id, t.from_state, t.to_state, t.attempt, t.outcome, t.reason, t.at
+            );
+        }
+    }
     assert_eq!(rx.hits().len(), n, "[{label}] requests received");
 }
 

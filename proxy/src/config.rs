@@ -20,6 +20,7 @@
 //! event_id_headers = ["webhook-id", "X-Event-Id"]
 //!
 //! [ingress]
+//! mirror = true            # false: forward only (a baseline for benchmarks)
 //! queue_bound = 1024       # mirror jobs waiting; full → dropped and counted
 //! mirror_workers = 64      # mirror requests in flight at once
 //! primary_timeout = "30s"
@@ -33,6 +34,7 @@
 //! hang_limit = "10m"       # longest a replayed timeout holds a connection
 //! shadow_only_status = 503
 //! shadow_only_body = "hookshift: no primary exchange for this attempt"
+//! sender_header = ""       # passthrough only: add NAME: legacy|engine to forwarded requests
 //! ```
 
 use crate::capture::SenderName;
@@ -88,6 +90,9 @@ pub struct SenderSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressSection {
+    /// Mirror to the other sender at all (false: a plain forwarding proxy,
+    /// the baseline for benchmarks).
+    pub mirror: bool,
     pub queue_bound: usize,
     pub mirror_workers: usize,
     pub primary_timeout: String,
@@ -105,6 +110,11 @@ pub struct EgressSection {
     pub hang_limit: String,
     pub shadow_only_status: u16,
     pub shadow_only_body: String,
+    /// demo: in passthrough mode, a header naming the sender (`legacy` or
+    /// `engine`) added to each forwarded request, so a receiver simulator
+    /// that both senders reach at the same URL can tell them apart; empty:
+    /// none. The captured request is the sender's, without it.
+    pub sender_header: String,
 }
 
 impl Default for ProxyConfig {
@@ -134,6 +144,7 @@ impl Default for ListenSection {
 impl Default for IngressSection {
     fn default() -> Self {
         IngressSection {
+            mirror: true,
             queue_bound: 1024,
             mirror_workers: 64,
             primary_timeout: "30s".into(),
@@ -152,6 +163,7 @@ impl Default for EgressSection {
             hang_limit: "10m".into(),
             shadow_only_status: 503,
             shadow_only_body: "hookshift: no primary exchange for this attempt".into(),
+            sender_header: String::new(),
         }
     }
 }
@@ -197,6 +209,7 @@ pub struct ValidConfig {
     pub listen_admin: SocketAddr,
     pub legacy: SenderSettings,
     pub engine: SenderSettings,
+    pub mirror: bool,
     pub queue_bound: usize,
     pub mirror_workers: usize,
     pub primary_timeout: Duration,
@@ -208,6 +221,8 @@ pub struct ValidConfig {
     pub hang_limit: Duration,
     pub shadow_only_status: u16,
     pub shadow_only_body: String,
+    /// demo: see [`EgressSection::sender_header`].
+    pub sender_header: Option<String>,
 }
 
 impl ValidConfig {
@@ -346,6 +361,7 @@ impl ProxyConfig {
             listen_admin: addr("listen.admin", &self.listen.admin)?,
             legacy,
             engine,
+            mirror: i.mirror,
             queue_bound: i.queue_bound,
             mirror_workers: i.mirror_workers,
             primary_timeout: dur("ingress.primary_timeout", &i.primary_timeout)?,
@@ -357,6 +373,16 @@ impl ProxyConfig {
             hang_limit: dur("egress.hang_limit", &e.hang_limit)?,
             shadow_only_status: e.shadow_only_status,
             shadow_only_body: e.shadow_only_body.clone(),
+            sender_header: match e.sender_header.as_str() {
+                "" => None,
+                h if h.bytes().all(is_token_byte) => Some(h.to_string()),
+                h => {
+                    return Err(invalid(
+                        "egress.sender_header",
+                        format!("`{h}` is not a header name"),
+                    ))
+                }
+            },
         })
     }
 }

@@ -362,6 +362,15 @@ async fn handle(State(ing): State<Arc<Ingress>>, req: Request) -> Response {
     };
 
     // The mirror leg: a non-blocking offer, never awaited.
+    if !ing.cfg.mirror {
+        rec.shadow_error = Some("mirror off (ingress.mirror = false)".into());
+        if !ing.store.offer_ingress(rec) {
+            Metrics::inc(&ing.metrics.capture_dropped);
+        }
+        ing.metrics
+            .observe_added_latency(t0.elapsed().saturating_sub(primary_latency).as_micros() as u64);
+        return response;
+    }
     let job = MirrorJob {
         method,
         path,

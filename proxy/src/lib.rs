@@ -211,7 +211,11 @@ impl Proxy {
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
         );
-        let ingress = axum::serve(listeners.ingress, self.ingress.clone().router())
+        // No Nagle delay on producers' connections: answers are small.
+        let ingress_listener = axum::serve::ListenerExt::tap_io(listeners.ingress, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let ingress = axum::serve(ingress_listener, self.ingress.clone().router())
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .await;
         let _ = legacy.await;

@@ -43,8 +43,16 @@ impl TestProxy {
         cfg
     }
 
-    /// Starts a proxy; panics on a bad configuration (tests).
-    pub async fn start(mut cfg: ProxyConfig) -> TestProxy {
+    /// Starts a proxy on fresh loopback listeners; panics on a bad
+    /// configuration (tests).
+    pub async fn start(cfg: ProxyConfig) -> TestProxy {
+        let listeners = Listeners::loopback().await.expect("bind loopback");
+        Self::start_with(cfg, listeners).await
+    }
+
+    /// Starts a proxy on listeners bound by the caller (so senders can be
+    /// pointed at the egress addresses before the proxy starts).
+    pub async fn start_with(mut cfg: ProxyConfig, listeners: Listeners) -> TestProxy {
         let dir = if cfg.capture_store.is_empty() {
             let dir = tempfile::tempdir().expect("tempdir");
             cfg.capture_store = format!("sqlite://{}", dir.path().join("captures.db").display());
@@ -53,7 +61,6 @@ impl TestProxy {
             None
         };
         let cfg = cfg.validate().expect("valid test proxy config");
-        let listeners = Listeners::loopback().await.expect("bind loopback");
         let addrs = listeners.addrs().expect("addrs");
         let proxy = Proxy::start(cfg).await.expect("proxy starts");
         let (store, ramp, metrics, ingress) = (

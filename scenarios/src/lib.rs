@@ -17,16 +17,21 @@
 //!   `Check`, `GateStage`) that the proxy, comparator and gate plug into,
 //!   the built-in checks, the verdict and the report.
 //! - `rng.rs`: the deterministic hash and random stream everything uses.
+//! - `stages.rs`: the default stages: the tee proxy in-process, the
+//!   comparator as the check, and the ramp gate; `ramp_controller.rs`
+//!   walks a ramp plan with the gate deciding each step.
 //!
 //! The catalog of scenario files is `scenarios/catalog/*.toml`.
 
 pub mod driver;
 pub mod locate;
+pub mod ramp_controller;
 pub mod receiver;
 pub mod rng;
 pub mod runner;
 pub mod senders;
 pub mod spec;
+pub mod stages;
 
 use std::path::{Path, PathBuf};
 

@@ -113,16 +113,12 @@ impl Fleet {
                 (i, (exact / total) as usize, exact % total)
             })
             .collect();
-        let mut given: usize = counts.iter().map(|c| c.1).sum();
+        let given: usize = counts.iter().map(|c| c.1).sum();
         // Hand out the rest by largest remainder, ties to the earlier entry.
         let mut order: Vec<usize> = (0..counts.len()).collect();
         order.sort_by(|&a, &b| counts[b].2.cmp(&counts[a].2).then(a.cmp(&b)));
-        for &i in order.iter().cycle() {
-            if given >= n {
-                break;
-            }
+        for &i in order.iter().cycle().take(n.saturating_sub(given)) {
             counts[i].1 += 1;
-            given += 1;
         }
         let mut assignment: Vec<usize> = counts
             .iter()

@@ -12,10 +12,11 @@
 //! itself between the senders and the receiver), any number of [`Check`]s
 //! (the comparator becomes one), and a [`GateStage`]. Until those exist,
 //! [`Stages::builtin`] runs the runner's own checks, which compare what can
-//! be compared honestly without them: final delivery states and attempt
-//! counts per (event, endpoint) read through both senders' APIs, both
-//! senders' answers to each event post, and the first-attempt body bytes
-//! the receiver recorded. Categories no check evaluates are reported as
+//! be compared honestly without them: final delivery states, attempt
+//! counts and each attempt's outcome class per (event, endpoint), read
+//! through both senders' APIs; both senders' answers to each event post;
+//! the first-attempt body bytes the receiver recorded; and whether each
+//! sender waited out a `Retry-After`, from the receiver's arrival times. Categories no check evaluates are reported as
 //! "not evaluated", never as passed.
 
 use crate::driver::{self, DriveResult, Plan, SenderApi};
@@ -88,18 +89,39 @@ pub trait Check: Send + Sync {
     /// category their divergences add up (so a comparator replaces the
     /// built-in checks rather than joining them).
     fn categories(&self) -> Vec<Category>;
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError>;
+    /// Asynchronous, because a comparator reads databases.
+    fn check<'a>(&'a self, ev: &'a Evidence<'a>) -> BoxFuture<'a, Result<CheckReport, RunError>>;
 }
 
-/// A gate that reads the checks' results and decides about the ramp.
+/// A check that needs no I/O: implement this, and `Check` comes with it.
+pub trait SyncCheck: Send + Sync {
+    fn name(&self) -> &str;
+    fn categories(&self) -> Vec<Category>;
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError>;
+}
+
+impl<T: SyncCheck> Check for T {
+    fn name(&self) -> &str {
+        SyncCheck::name(self)
+    }
+    fn categories(&self) -> Vec<Category> {
+        SyncCheck::categories(self)
+    }
+    fn check<'a>(&'a self, ev: &'a Evidence<'a>) -> BoxFuture<'a, Result<CheckReport, RunError>> {
+        boxed(std::future::ready(self.compare(ev)))
+    }
+}
+
+/// A gate that reads the checks' results and decides about the ramp
+/// (asynchronous, because applying a stage talks to the proxy).
 pub trait GateStage: Send + Sync {
     fn name(&self) -> &str;
-    fn evaluate(
-        &self,
-        scenario: &Scenario,
-        checks: &[CheckReport],
-        work: &Path,
-    ) -> Result<GateReport, RunError>;
+    fn evaluate<'a>(
+        &'a self,
+        scenario: &'a Scenario,
+        checks: &'a [CheckReport],
+        work: &'a Path,
+    ) -> BoxFuture<'a, Result<GateReport, RunError>>;
 }
 
 /// What a gate decided.
@@ -108,6 +130,8 @@ pub struct GateReport {
     pub gate: String,
     pub decision: String,
     pub reasons: Vec<String>,
+    /// demo: every ramp step the gate decided, one line each (stages.rs).
+    pub steps: Vec<String>,
 }
 
 /// The pluggable part of a run.
@@ -127,6 +151,7 @@ impl Stages {
                 Box::new(ApiCheck),
                 Box::new(FirstBodyCheck),
                 Box::new(RetryAfterCheck),
+                Box::new(OutcomeClassCheck),
             ],
             gate: None,
         }
@@ -170,6 +195,9 @@ pub struct DeliveryStatus {
     pub attempts: u32,
     /// Each attempt's outcome, in the sender's words.
     pub outcomes: Vec<String>,
+    /// Each attempt's outcome class, in words both senders share (see
+    /// [`outcome_class`]).
+    pub classes: Vec<String>,
 }
 
 impl DeliveryStatus {
@@ -180,6 +208,25 @@ impl DeliveryStatus {
 
 /// (event id, endpoint id) → delivery.
 pub type Snapshot = BTreeMap<(String, String), DeliveryStatus>;
+
+/// Maps one attempt's outcome, as either sender names it (the legacy's
+/// `ok`, `http_error`, `timeout`, `network_error`, `body_error`; the
+/// engine's outcome classes), with its HTTP status, onto one shared set:
+/// delivered, server_error, rate_limited, client_error, redirect, timeout,
+/// network, body_read, or the name itself when neither knows it.
+pub fn outcome_class(outcome: &str, status: Option<u64>) -> String {
+    match (outcome, status) {
+        ("ok" | "delivered", _) => "delivered",
+        ("http_error", Some(429)) => "rate_limited",
+        ("http_error", Some(s)) if s >= 500 => "server_error",
+        ("http_error", Some(s)) if (300..400).contains(&s) => "redirect",
+        ("http_error", Some(s)) if (400..500).contains(&s) => "client_error",
+        ("network_error" | "connect_error" | "reset", _) => "network",
+        ("body_error" | "body_read", _) => "body_read",
+        (other, _) => other,
+    }
+    .to_string()
+}
 
 /// Maps each sender's state names onto the engine's (the canonical ones).
 pub fn canonical_state(raw: &str) -> &str {
@@ -208,6 +255,17 @@ fn parse_deliveries(v: &serde_json::Value) -> Vec<(String, DeliveryStatus)> {
                     outcomes: attempts
                         .iter()
                         .map(|a| a["outcome"].as_str().unwrap_or_default().to_string())
+                        .collect(),
+                    classes: attempts
+                        .iter()
+                        .map(|a| {
+                            // The legacy calls the status `status_code`; the
+                            // engine `response_status`.
+                            let status = a["status_code"]
+                                .as_u64()
+                                .or_else(|| a["response_status"].as_u64());
+                            outcome_class(a["outcome"].as_str().unwrap_or_default(), status)
+                        })
                         .collect(),
                 },
             )
@@ -290,7 +348,7 @@ fn key(event: &str, endpoint: &str) -> String {
 /// through both senders' APIs.
 pub struct StateCheck;
 
-impl Check for StateCheck {
+impl SyncCheck for StateCheck {
     fn name(&self) -> &str {
         "builtin-state"
     }
@@ -302,7 +360,7 @@ impl Check for StateCheck {
             Category::Extra,
         ]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         let mut out = Vec::new();
         let keys: BTreeSet<&(String, String)> = ev.legacy.keys().chain(ev.engine.keys()).collect();
         for k in &keys {
@@ -346,8 +404,8 @@ impl Check for StateCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared: keys.len() as u64,
             divergences: out,
             description: "final delivery state and number of recorded attempts per (event, \
@@ -360,14 +418,14 @@ impl Check for StateCheck {
 /// Both senders' answers to each event post: status and delivery count.
 pub struct ApiCheck;
 
-impl Check for ApiCheck {
+impl SyncCheck for ApiCheck {
     fn name(&self) -> &str {
         "builtin-api"
     }
     fn categories(&self) -> Vec<Category> {
         vec![Category::ApiResponse]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         let mut out = Vec::new();
         for (id, l, e) in &ev.posts.posts {
             let (Some(l), Some(e)) = (l, e) else { continue };
@@ -382,8 +440,8 @@ impl Check for ApiCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared: ev.posts.posts.len() as u64,
             divergences: out,
             description: "status code and number of deliveries in each sender's answer to \
@@ -397,14 +455,14 @@ impl Check for ApiCheck {
 /// the receiver simulator recorded them.
 pub struct FirstBodyCheck;
 
-impl Check for FirstBodyCheck {
+impl SyncCheck for FirstBodyCheck {
     fn name(&self) -> &str {
         "builtin-first-body"
     }
     fn categories(&self) -> Vec<Category> {
         vec![Category::Payload]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         let mut first: BTreeMap<(&str, &str, u32), &Record> = BTreeMap::new();
         for r in ev.records {
             if let (Some(id), Some(n), 1, false) = (&r.event_id, r.endpoint, r.attempt, r.hop) {
@@ -432,8 +490,8 @@ impl Check for FirstBodyCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared,
             divergences: out,
             description: "raw body bytes of each sender's first attempt per (event, endpoint), \
@@ -450,14 +508,14 @@ pub struct RetryAfterCheck;
 /// Arrival-time slack: the receiver stamps arrivals, not departures.
 const RETRY_AFTER_SLACK_MS: u64 = 50;
 
-impl Check for RetryAfterCheck {
+impl SyncCheck for RetryAfterCheck {
     fn name(&self) -> &str {
         "builtin-retry-after"
     }
     fn categories(&self) -> Vec<Category> {
         vec![Category::RetryDecision]
     }
-    fn check(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
         // (sender, event, endpoint, attempt) → record.
         let mut by: BTreeMap<(&str, &str, u32, u32), &Record> = BTreeMap::new();
         for r in ev.records {
@@ -507,11 +565,57 @@ impl Check for RetryAfterCheck {
             }
         }
         Ok(CheckReport {
-            check: self.name().into(),
-            categories: self.categories(),
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
             compared,
             divergences: out,
             description: "after an answer with Retry-After, whether each sender's next attempt arrived at the receiver only once it had passed"
+                .into(),
+        })
+    }
+}
+
+/// The outcome class each sender recorded for the same attempt of the
+/// same delivery (both met the same receiver behaviour at attempt n).
+pub struct OutcomeClassCheck;
+
+impl SyncCheck for OutcomeClassCheck {
+    fn name(&self) -> &str {
+        "builtin-outcome-class"
+    }
+    fn categories(&self) -> Vec<Category> {
+        vec![Category::TimeoutClassification]
+    }
+    fn compare(&self, ev: &Evidence<'_>) -> Result<CheckReport, RunError> {
+        let mut out = Vec::new();
+        let mut compared = 0;
+        for (k, l) in ev.legacy {
+            let Some(e) = ev.engine.get(k) else { continue };
+            if l.classes.is_empty() || e.classes.is_empty() {
+                continue;
+            }
+            compared += 1;
+            // One divergence per delivery: the first attempt that differs.
+            if let Some(i) =
+                (0..l.classes.len().min(e.classes.len())).find(|&i| l.classes[i] != e.classes[i])
+            {
+                out.push(Divergence {
+                    category: Category::TimeoutClassification,
+                    key: format!("{} attempt {}", key(&k.0, &k.1), i + 1),
+                    legacy: format!("{} ({})", l.classes[i], l.outcomes[i]),
+                    engine: format!("{} ({})", e.classes[i], e.outcomes[i]),
+                    detail: "the senders classified the same receiver behaviour differently".into(),
+                });
+            }
+        }
+        Ok(CheckReport {
+            check: SyncCheck::name(self).into(),
+            categories: SyncCheck::categories(self),
+            compared,
+            divergences: out,
+            description: "the outcome class (delivered, timeout, body_read, network, 5xx, …) \
+                          each sender's API records for the same attempt number of the same \
+                          delivery"
                 .into(),
         })
     }
@@ -754,7 +858,16 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
     // sender waits, so the sender's timeout is what ends it.
     let fleet = Fleet::new(scenario.seed, &scenario.endpoints);
     let hold = scenario.senders.timeout * 3 + Duration::from_secs(5);
-    let receiver = Receiver::start_with(fleet, &["legacy", "engine"], hold)
+    // demo: with a proxy stage, both senders are told the same endpoint
+    // URLs (on a third listener, "proxy"), because the proxy pairs their
+    // attempts by (event id, endpoint URL, attempt); the receiver then
+    // counts attempts per real request, whichever sender made it.
+    let labels: &[&str] = if opts.stages.proxy.is_some() {
+        &["legacy", "engine", "proxy"]
+    } else {
+        &["legacy", "engine"]
+    };
+    let receiver = Receiver::start_with(fleet, labels, hold)
         .await
         .map_err(RunError::Receiver)?;
     let mut receiver_urls = BTreeMap::new();
@@ -782,6 +895,16 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
                         SenderSpec::Legacy { .. } => {
                             launch.args.push(format!("--egress-proxy={url}"));
                         }
+                        // demo: `hookshift engine serve --egress-proxy URL`.
+                        SenderSpec::Engine { .. } => {
+                            launch.args.push(format!("--egress-proxy={url}"));
+                        }
+                        // demo: a command names where its proxy goes.
+                        SenderSpec::Command { command } if command.contains("{egress_proxy}") => {
+                            for a in launch.args.iter_mut() {
+                                *a = a.replace("{egress_proxy}", url);
+                            }
+                        }
                         _ => {
                             return Err(RunError::Stage {
                                 stage: "proxy".into(),
@@ -794,6 +917,11 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
                 }
                 eprintln!("  starting the {side} sender…");
                 let p = SenderProcess::start(launch).await?;
+                eprintln!(
+                    "  {side} sender listening on {} (pid {})",
+                    p.base,
+                    p.pid().unwrap_or_default()
+                );
                 bases.insert(side, p.base.clone());
                 procs.insert(side, Arc::new(Mutex::new(p)));
             }
@@ -815,10 +943,11 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
         plan.events.len(),
         scenario.traffic.rate_per_s
     );
+    let shared_label = opts.stages.proxy.as_ref().map(|_| "proxy"); // demo
     for (api, side) in [(&legacy, Side::Legacy), (&engine, Side::Engine)] {
         for ep in &plan.endpoints {
             let url = receiver
-                .endpoint_url(side.as_str(), ep.index)
+                .endpoint_url(shared_label.unwrap_or(side.as_str()), ep.index)
                 .unwrap_or_default();
             api.upsert_endpoint(ep, &url).await?;
         }
@@ -895,10 +1024,10 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
     };
     let mut reports = Vec::new();
     for c in &opts.stages.checks {
-        reports.push(c.check(&evidence)?);
+        reports.push(c.check(&evidence).await?);
     }
     let gate = match &opts.stages.gate {
-        Some(g) => Some(g.evaluate(scenario, &reports, &dir)?),
+        Some(g) => Some(g.evaluate(scenario, &reports, &dir).await?),
         None => None,
     };
     let verdict = judge(scenario, &reports, settled);
@@ -988,10 +1117,11 @@ async fn run_inner(scenario: &Scenario, mut opts: RunOptions) -> Result<RunOutco
         gate,
         receiver: counters,
         verdict: verdict.clone(),
-        note: if opts.stages.proxy.is_none() {
-            "Checked by the runner's built-in comparison (final delivery states and attempt \
-             counts through both senders' APIs, their answers to each event post, and the \
-             first-attempt body bytes the receiver simulator saw). This is not the comparator: \
+        note: if opts.stages.proxy.is_none() && opts.stages.gate.is_none() {
+            "Checked by the runner's built-in comparison (final delivery states, attempt \
+             counts and outcome classes through both senders' APIs, their answers to each \
+             event post, the first-attempt body bytes the receiver simulator saw, and \
+             Retry-After waits). This is not the comparator: \
              categories marked \"not evaluated\" were not checked. Both senders reached the \
              receiver simulator directly, each on its own listener."
                 .into()
@@ -1221,6 +1351,13 @@ pub fn render_markdown(s: &Summary) -> String {
             g.decision,
             g.reasons.join("; ")
         );
+        // demo: the ramp steps the gate took (stages.rs).
+        if !g.steps.is_empty() {
+            let _ = writeln!(m, "\nRamp steps (details in ramp.md):\n");
+            for st in &g.steps {
+                let _ = writeln!(m, "- {st}");
+            }
+        }
     }
     let _ = writeln!(m, "\n## Receiver\n\n{} requests.\n", s.receiver.requests);
     for (sender, actions) in &s.receiver.by_sender_action {
@@ -1331,6 +1468,27 @@ mod tests {
         let v = judge(&s, &[report(&one, 4, &[])], false);
         assert!(!v.passed);
         assert!(v.failures[0].contains("settle"));
+    }
+
+    #[test]
+    fn both_senders_outcomes_map_onto_one_set_of_classes() {
+        for (outcome, status, class) in [
+            ("ok", Some(200), "delivered"),
+            ("delivered", Some(200), "delivered"),
+            ("http_error", Some(503), "server_error"),
+            ("server_error", Some(503), "server_error"),
+            ("http_error", Some(429), "rate_limited"),
+            ("http_error", Some(410), "client_error"),
+            ("http_error", Some(301), "redirect"),
+            ("network_error", None, "network"),
+            ("reset", None, "network"),
+            ("connect_error", None, "network"),
+            ("body_error", Some(200), "body_read"),
+            ("body_read", Some(200), "body_read"),
+            ("timeout", None, "timeout"),
+        ] {
+            assert_eq!(outcome_class(outcome, status), class, "{outcome}");
+        }
     }
 
     #[test]

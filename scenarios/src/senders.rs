@@ -76,6 +76,11 @@ impl SenderProcess {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// kill -9: no shutdown, no flushing, in-flight work lost.
     pub async fn kill9(&mut self) -> Result<(), SenderError> {
         if let Some(mut c) = self.child.take() {
@@ -117,7 +122,8 @@ async fn spawn(launch: &Launch, listen: &str) -> Result<(Child, String), SenderE
         .collect();
     let mut cmd = if launch.shell {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(args.join(" "));
+        // exec: the sender replaces the shell, so a kill reaches it.
+        c.arg("-c").arg(format!("exec {}", args.join(" ")));
         c
     } else {
         let mut c = Command::new(&launch.program);
@@ -262,6 +268,8 @@ pub fn launch_for(
             args,
         } => {
             let config = work.join("engine.toml");
+            // demo: the engine's circuit breaker (merged from the worker
+            // branch) is off in scenario runs; see the comment written below.
             let text = format!(
                 "# Written by `hookshift scenario run`.\n\
                  default_profile = {profile:?}\n\n\
@@ -269,7 +277,11 @@ pub fn launch_for(
                  retry_schedule = {schedule:?}\n\
                  deadline = {deadline:?}\n\
                  lease = {lease:?}\n\
-                 allow_cidrs = [\"127.0.0.0/8\"]\n",
+                 allow_cidrs = [\"127.0.0.0/8\"]\n\n\
+                 # The legacy has no circuit breaker: a rehearsal compares\n\
+                 # like for like (`--breaker-failures N` in args turns it on).\n\
+                 [worker.breaker]\n\
+                 failures = 0\n",
                 deadline = go_duration(senders.timeout),
                 lease = go_duration(*lease),
             );

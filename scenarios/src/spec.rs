@@ -21,12 +21,8 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     /// The file is not valid TOML, has an unknown or mistyped key, or a
     /// value that makes no sense.
     #[error("{}", render_invalid(.file, *.line, *.column, .key, .message))]
@@ -601,9 +597,9 @@ impl Scenario {
     /// Reads and validates a scenario file; `short` applies its `[short]`
     /// block. Both forms are validated either way.
     pub fn load(path: &Path, short: bool) -> Result<Scenario, SpecError> {
-        let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let source = std::fs::read_to_string(path).map_err(|error| SpecError::Read {
             file: path.display().to_string(),
-            source,
+            error,
         })?;
         Scenario::parse(&source, path, short)
     }

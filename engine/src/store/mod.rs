@@ -652,6 +652,7 @@ impl Store {
             limit,
             skip_endpoints,
             quotas: &[],
+            rate_limits_by_quota: false,
             probe_interval_ms: None,
         })
         .await
@@ -730,7 +731,13 @@ impl Store {
                         }
                         None => {}
                     }
-                    if skip_open {
+                    if skip_open && only.is_none() && spec.rate_limits_by_quota {
+                        // Read here, in the claim's own transaction: a limit
+                        // set after the caller computed its quotas still
+                        // keeps the endpoint out of the unlimited part.
+                        qb.push(" AND endpoint_id NOT IN (SELECT id FROM endpoints \
+                                 WHERE breaker_state = 'open' OR rate_limit_per_s IS NOT NULL)");
+                    } else if skip_open {
                         qb.push(" AND endpoint_id NOT IN (SELECT id FROM endpoints WHERE breaker_state = 'open')");
                     }
                     qb.push(" ORDER BY next_attempt_at LIMIT ").push_bind(part_limit);
@@ -789,6 +796,66 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Events by id (the worker loads a claim's events at once).
+    pub async fn events_by_ids(&self, ids: &[String]) -> Result<Vec<EventRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(
+                "SELECT id, type, tenant, payload_raw, request_hash, idempotency_key, created_at \
+                 FROM events WHERE id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id.clone());
+            }
+            qb.push(")");
+            Ok(qb.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// Endpoints by id, leaving out deleted ones.
+    pub async fn endpoints_by_ids(&self, ids: &[String]) -> Result<Vec<EndpointRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(ENDPOINT_SELECT_BY_ID.trim_end_matches("id = $1"));
+            qb.push("deleted_at IS NULL AND id IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id.clone());
+            }
+            qb.push(")");
+            Ok(qb.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// [`Store::signing_secrets`] for several endpoints at once, as
+    /// (endpoint id, secret) pairs, each endpoint's in signing order.
+    pub async fn signing_secrets_for(
+        &self,
+        ids: &[String],
+        now: i64,
+    ) -> Result<Vec<(String, String)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(
+                "SELECT endpoint_id, secret FROM endpoint_secrets WHERE (expires_at IS NULL OR expires_at > ",
+            );
+            qb.push_bind(now).push(") AND endpoint_id IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id.clone());
+            }
+            qb.push(") ORDER BY endpoint_id, (CASE WHEN expires_at IS NULL THEN 0 ELSE 1 END), seq DESC");
+            Ok(qb.build_query_as().fetch_all(pool).await?)
+        })
     }
 
     /// Endpoints with a rate limit, and the limit (requests per second).
@@ -887,20 +954,38 @@ impl Store {
         rec: &AttemptRecord,
         breaker: &BreakerPolicy,
     ) -> Result<Recorded> {
-        let to = rec.to;
-        let signal = breaker::Signal::of(rec.outcome);
+        let mut out = self
+            .record_attempts(std::slice::from_ref(rec), breaker)
+            .await?;
+        Ok(out.remove(0))
+    }
+
+    /// [`Store::record_attempt`] for several attempts in one transaction
+    /// (group commit: one fsync for many outcomes). Each attempt's outcome,
+    /// transition and next schedule are still written together; the batch
+    /// commits or rolls back as a whole. Returns one result per record, in
+    /// order.
+    pub async fn record_attempts(
+        &self,
+        recs: &[AttemptRecord],
+        breaker: &BreakerPolicy,
+    ) -> Result<Vec<Recorded>> {
         let lock = if self.kind() == BackendKind::Postgres {
             " FOR UPDATE"
         } else {
             ""
         };
-        let mut change = breaker::Change::None;
-        debug_assert!(DeliveryState::can_transition(
-            Some(DeliveryState::InFlight),
-            to
-        ));
+        let mut results = Vec::with_capacity(recs.len());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            for rec in recs {
+            let to = rec.to;
+            let signal = breaker::Signal::of(rec.outcome);
+            let mut change = breaker::Change::None;
+            debug_assert!(DeliveryState::can_transition(
+                Some(DeliveryState::InFlight),
+                to
+            ));
             let n = sqlx::query(
                 "UPDATE deliveries SET claimed_from = state, state = $3, next_attempt_at = $4, \
                  last_outcome = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $6 \
@@ -958,15 +1043,13 @@ impl Store {
                 && signal != breaker::Signal::Neutral
             {
                 {
-                    let select = format!(
-                        "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
-                         breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1"
-                    );
+                    let select = "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
+                         breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1";
                     type BreakerRow = (String, i64, Option<i64>, Option<i64>, Option<i64>, bool, Option<String>);
                     // Most attempts succeed against a healthy endpoint and
                     // change nothing: read without a lock first, so those
                     // never queue on the endpoint's row.
-                    let peek: Option<BreakerRow> = sqlx::query_as(&select)
+                    let peek: Option<BreakerRow> = sqlx::query_as(select)
                         .bind(&rec.endpoint_id)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -1045,8 +1128,10 @@ impl Store {
                     }
                 }
             }
+            results.push(Recorded { moved: n > 0, breaker: change });
+            }
             tx.commit().await?;
-            Ok(Recorded { moved: n > 0, breaker: change })
+            Ok(results)
         })
     }
 

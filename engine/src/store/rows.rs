@@ -209,6 +209,9 @@ pub struct ClaimSpec<'a> {
     /// Endpoints claimed separately, at most this many each (what their
     /// rate limit and concurrency cap allow now).
     pub quotas: &'a [(String, i64)],
+    /// Rate-limited endpoints are claimed only through `quotas`, never by
+    /// the unlimited part (checked in the claim's transaction).
+    pub rate_limits_by_quota: bool,
     /// With the breaker on: how long a probe slot lasts. Each open endpoint
     /// whose probe is due gets one delivery leased as its probe, and its
     /// next probe moved this far out.

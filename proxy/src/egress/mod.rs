@@ -53,6 +53,33 @@ pub struct Egress {
 struct Forwarded {
     replay: Replay,
     note: Option<String>,
+    /// demo: the response head (and the body as it came) was already
+    /// written to the sender, because the body did not follow the head
+    /// within [`STALL_GRACE`]; nothing more is to be written.
+    relayed: bool,
+}
+
+/// demo: how long the body of a `Content-Length` response may take after
+/// its head before the head is relayed to the primary and the body streamed
+/// as it arrives. A receiver that sends a head and then stalls is a
+/// behaviour senders differ on (success recorded before the body was read),
+/// so the primary must see the head as the receiver sent it, not a timeout.
+const STALL_GRACE: Duration = Duration::from_millis(100);
+
+/// demo: a response whose head arrived but whose body had not completed
+/// within [`STALL_GRACE`].
+struct StalledBody {
+    head: wire::ResponseHead,
+    reader: Reader<OwnedReadHalf>,
+    declared: usize,
+    /// Kept open: dropping it would half-close the receiver connection.
+    _wr: OwnedWriteHalf,
+}
+
+/// demo: what the receiver connection produced before the proxy answers.
+enum Upstream {
+    Complete(Replay),
+    Stalled(StalledBody),
 }
 
 /// The role of one attempt.
@@ -128,6 +155,16 @@ impl Egress {
                     .await;
                 return;
             }
+            // A client waiting for permission to send its body gets it at
+            // once: the proxy needs the body before choosing what to do.
+            if wire::has_token(&head.headers, "expect", "100-continue")
+                && wr
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
             let body = match wire::request_framing(&head) {
                 Ok(f) => client.body(f).await,
                 Err(e) => Err(e),
@@ -192,11 +229,15 @@ impl Egress {
         let role = match self.cfg.egress_mode {
             EgressMode::Passthrough => Role::Passthrough,
             EgressMode::Replay => {
-                let primary = if ramp::engine_primary(&endpoint_url, bp) {
+                let proposed = if ramp::engine_primary(&endpoint_url, bp) {
                     SenderName::Engine
                 } else {
                     SenderName::Legacy
                 };
+                // demo: sticky per attempt key (see `Pairing::primary_for`).
+                let primary = self
+                    .pairing
+                    .primary_for(&(event_id.clone(), endpoint_url.clone(), attempt), proposed);
                 if primary == sender {
                     Role::Primary
                 } else {
@@ -223,10 +264,17 @@ impl Egress {
             ..EgressRecord::default()
         };
         let key: Key = (event_id, endpoint_url, attempt);
+        let mut relayed = false;
 
         let (answer, gave_up) = match role {
             Role::Primary | Role::Passthrough => {
-                let fwd = self.forward(client, &head, &body, &target).await;
+                // demo: passthrough may name the sender to the receiver.
+                let tag = match (role, &self.cfg.sender_header) {
+                    (Role::Passthrough, Some(h)) => Some((h.as_str(), sender.as_str())),
+                    _ => None,
+                };
+                let fwd = self.forward(client, wr, &head, &body, &target, tag).await;
+                relayed = fwd.relayed;
                 if role == Role::Primary {
                     self.pairing.publish(key, fwd.replay.clone());
                 } else {
@@ -298,7 +346,9 @@ impl Egress {
             Answer::Replay(r) => {
                 rec.response_status = r.status.map(i64::from);
                 rec.fault = rec.fault.or(r.fault);
-                if r.fault.is_none() {
+                // demo: a head followed by a stalled body keeps its head
+                // and the partial body next to the fault.
+                if r.fault.is_none() || r.status.is_some() {
                     rec.response_headers = Some(r.headers.clone());
                     rec.response_body = Some(r.body.to_vec());
                 }
@@ -311,10 +361,20 @@ impl Egress {
             Answer::Nothing => {}
         }
 
+        // demo: a shadow answered from a primary exchange whose head came
+        // and whose body stalled gets the same head and partial body first.
+        if let (Role::Shadow, Answer::Replay(r)) = (role, &answer) {
+            if r.fault.is_some() && r.status.is_some() && !gave_up {
+                let mut out = Vec::with_capacity(r.raw_head.len() + r.raw_body.len());
+                out.extend_from_slice(&r.raw_head);
+                out.extend_from_slice(&r.raw_body);
+                let _ = wr.write_all(&out).await;
+            }
+        }
         // A timeout is answered by hanging until the sender gives up; the
         // row's latency is then when it gave up, so the hang comes first.
         if let Answer::Replay(r) = &answer {
-            if r.fault == Some("timeout") && !gave_up {
+            if r.fault == Some("timeout") && !gave_up && !relayed {
                 let limit = self.cfg.hang_limit;
                 let _ =
                     tokio::time::timeout(limit.saturating_sub(arrived.elapsed()), client.closed())
@@ -330,6 +390,10 @@ impl Egress {
             }
         }
         if !self.commit(rec, arrived).await {
+            return false;
+        }
+        if relayed {
+            // demo: the head and body were written as they arrived.
             return false;
         }
         match answer {
@@ -383,12 +447,14 @@ impl Egress {
     async fn forward(
         &self,
         client: &mut Reader<OwnedReadHalf>,
+        wr: &mut OwnedWriteHalf,
         head: &RequestHead,
         body: &wire::Body,
         target: &AbsoluteTarget,
+        tag: Option<(&str, &str)>,
     ) -> Forwarded {
         let started = Instant::now();
-        let exchange = exchange(head, body, target);
+        let exchange = exchange(head, body, target, tag);
         let result = tokio::select! {
             r = tokio::time::timeout(self.cfg.upstream_timeout, exchange) => match r {
                 Ok(r) => r,
@@ -401,10 +467,12 @@ impl Egress {
         };
         let latency = started.elapsed();
         match result {
-            Ok(resp) => Forwarded {
+            Ok(Upstream::Complete(resp)) => Forwarded {
                 replay: Replay { latency, ..resp },
                 note: None,
+                relayed: false,
             },
+            Ok(Upstream::Stalled(s)) => self.relay(client, wr, s, started).await,
             Err((fault, note)) => Forwarded {
                 replay: Replay {
                     status: None,
@@ -417,7 +485,79 @@ impl Egress {
                     close_after: true,
                 },
                 note: Some(note),
+                relayed: false,
             },
+        }
+    }
+
+    /// demo: relays a stalled response's head and the body bytes as they
+    /// arrive, until the body completes, the receiver fails, the upstream
+    /// timeout passes or the sender gives up; records what was relayed.
+    async fn relay(
+        &self,
+        client: &mut Reader<OwnedReadHalf>,
+        wr: &mut OwnedWriteHalf,
+        mut s: StalledBody,
+        started: Instant,
+    ) -> Forwarded {
+        let declared = s.declared;
+        let mut sent = 0usize;
+        let mut client_ok = wr.write_all(&s.head.raw).await.is_ok();
+        let fault: Option<(&'static str, String)> = loop {
+            if !client_ok {
+                break Some((
+                    "timeout",
+                    format!(
+                        "{GAVE_UP} after {} ms, while the head was relayed",
+                        started.elapsed().as_millis()
+                    ),
+                ));
+            }
+            let have = s.reader.buffered().len().min(declared);
+            if have > sent {
+                client_ok = wr.write_all(&s.reader.buffered()[sent..have]).await.is_ok();
+                sent = have;
+                continue;
+            }
+            if sent >= declared {
+                break None;
+            }
+            let left = self.cfg.upstream_timeout.saturating_sub(started.elapsed());
+            tokio::select! {
+                r = tokio::time::timeout(left, s.reader.read_more()) => match r {
+                    Ok(Ok(0)) => break Some(("reset", "the receiver closed the connection during the body".to_string())),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => break Some(("reset", format!("reading the body: {e}"))),
+                    Err(_) => break Some(("timeout", format!("no complete body within the upstream timeout of {} ms", self.cfg.upstream_timeout.as_millis()))),
+                },
+                _ = client.closed() => break Some(("timeout", format!("{GAVE_UP} after {} ms, during the body", started.elapsed().as_millis()))),
+            }
+        };
+        let body = Bytes::copy_from_slice(&s.reader.buffered()[..sent]);
+        let detail = format!(
+            "partial body: {sent} of {declared} bytes; the head was relayed before the body \
+             completed"
+        );
+        let note = match &fault {
+            Some((_, why)) => format!("{why}; {detail}"),
+            None => format!(
+                "body completed {} ms after the head; the head was relayed first",
+                started.elapsed().as_millis()
+            ),
+        };
+        Forwarded {
+            replay: Replay {
+                status: Some(s.head.status),
+                raw_head: s.head.raw.clone(),
+                raw_body: body.clone(),
+                headers: wire::header_pairs(&s.head.headers),
+                body,
+                fault: fault.map(|f| f.0),
+                latency: started.elapsed(),
+                close_after: true,
+            },
+            note: Some(note),
+            relayed: true,
         }
     }
 
@@ -602,7 +742,11 @@ impl AbsoluteTarget {
 
 /// The forwarded head: origin-form target, the sender's header lines in
 /// their case and order minus the proxy's hop-by-hop ones.
-fn forwarded_head(head: &RequestHead, target: &AbsoluteTarget) -> Vec<u8> {
+fn forwarded_head(
+    head: &RequestHead,
+    target: &AbsoluteTarget,
+    tag: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -621,6 +765,9 @@ fn forwarded_head(head: &RequestHead, target: &AbsoluteTarget) -> Vec<u8> {
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    if let Some((name, value)) = tag {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
     out
 }
@@ -631,7 +778,8 @@ async fn exchange(
     head: &RequestHead,
     body: &wire::Body,
     target: &AbsoluteTarget,
-) -> Result<Replay, (&'static str, String)> {
+    tag: Option<(&str, &str)>,
+) -> Result<Upstream, (&'static str, String)> {
     let mut stream = match TcpStream::connect((target.host.as_str(), target.port)).await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -640,12 +788,12 @@ async fn exchange(
         Err(e) => return Err(("error", format!("connect to {}: {e}", target.authority))),
     };
     let _ = stream.set_nodelay(true);
-    let mut out = forwarded_head(head, target);
+    let mut out = forwarded_head(head, target, tag);
     out.extend_from_slice(&body.raw);
     if let Err(e) = stream.write_all(&out).await {
         return Err(("reset", format!("writing the request: {e}")));
     }
-    let (rd, _wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let mut upstream = Reader::new(rd);
     let read_fault = |e: WireError| match e {
         WireError::Eof => (
@@ -664,11 +812,30 @@ async fn exchange(
         break h;
     };
     let framing = wire::response_framing(&head.method, &resp).map_err(read_fault)?;
-    let rbody = upstream.body(framing).await.map_err(read_fault)?;
+    // demo: a Content-Length body that does not follow its head promptly
+    // is relayed as it comes (see `STALL_GRACE`). Cancelling the read keeps
+    // what arrived in the reader's buffer.
+    let rbody = match framing {
+        Framing::Length(n) if n as usize <= wire::MAX_BODY => {
+            match tokio::time::timeout(STALL_GRACE, upstream.body(framing)).await {
+                Ok(r) => r.map_err(read_fault)?,
+                Err(_) => {
+                    return Ok(Upstream::Stalled(StalledBody {
+                        head: resp,
+                        reader: upstream,
+                        declared: n as usize,
+                        _wr: wr,
+                    }))
+                }
+            }
+        }
+        _ => upstream.body(framing).await.map_err(read_fault)?,
+    };
+    drop(wr);
     let close_after = framing == Framing::ToClose
         || resp.version == 0
         || wire::has_token(&resp.headers, "connection", "close");
-    Ok(Replay {
+    Ok(Upstream::Complete(Replay {
         status: Some(resp.status),
         raw_head: resp.raw.clone(),
         raw_body: rbody.raw,
@@ -677,7 +844,7 @@ async fn exchange(
         fault: None,
         latency: Duration::ZERO,
         close_after,
-    })
+    }))
 }
 
 fn default_headers(body: &str) -> Vec<(String, String)> {
@@ -743,7 +910,7 @@ mod tests {
         };
         let t = AbsoluteTarget::parse(&head.target).unwrap();
         assert_eq!(
-            String::from_utf8(forwarded_head(&head, &t)).unwrap(),
+            String::from_utf8(forwarded_head(&head, &t, None)).unwrap(),
             "POST /x HTTP/1.1\r\nHost: h:1\r\nX-Event-Id: evt\r\ncontent-length: 2\r\n\r\n"
         );
     }

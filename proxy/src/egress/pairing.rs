@@ -44,6 +44,9 @@ pub struct Replay {
 struct Slot {
     tx: watch::Sender<Option<std::sync::Arc<Replay>>>,
     touched: Instant,
+    /// demo: the sender that is primary for this key, fixed by the first
+    /// of the two to arrive.
+    primary: Option<SenderName>,
 }
 
 /// Primary exchanges by key, and the shadows waiting for them.
@@ -61,9 +64,25 @@ impl Pairing {
         let slot = slots.entry(key).or_insert_with(|| Slot {
             tx: watch::channel(None).0,
             touched: Instant::now(),
+            primary: None,
         });
         slot.touched = Instant::now();
         slot.tx.subscribe()
+    }
+
+    /// demo: the sender that is primary for `key`. The first of the two
+    /// senders to arrive fixes it (`proposed`, from the ramp it read), so a
+    /// ramp change between their attempts never makes both primary and the
+    /// receiver never gets the same attempt twice.
+    pub fn primary_for(&self, key: &Key, proposed: SenderName) -> SenderName {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
+            tx: watch::channel(None).0,
+            touched: Instant::now(),
+            primary: None,
+        });
+        slot.touched = Instant::now();
+        *slot.primary.get_or_insert(proposed)
     }
 
     /// Publishes the primary's exchange; wakes shadows already waiting.
@@ -72,6 +91,7 @@ impl Pairing {
         let slot = slots.entry(key).or_insert_with(|| Slot {
             tx: watch::channel(None).0,
             touched: Instant::now(),
+            primary: None,
         });
         slot.touched = Instant::now();
         slot.tx.send_replace(Some(std::sync::Arc::new(replay)));
@@ -92,10 +112,13 @@ impl Pairing {
     }
 }
 
+/// (sender, event id, endpoint URL): what attempts are counted by.
+type AttemptKey = (SenderName, Option<String>, String);
+
 /// Attempt numbers per (sender, event id, endpoint URL), in arrival order.
 #[derive(Default)]
 pub struct Attempts {
-    counts: Mutex<HashMap<(SenderName, Option<String>, String), (u64, Instant)>>,
+    counts: Mutex<HashMap<AttemptKey, (u64, Instant)>>,
 }
 
 impl Attempts {

@@ -144,6 +144,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         (self.io, self.buf)
     }
 
+    /// demo: bytes read and not yet consumed (after a response head: the
+    /// part of its body that has arrived so far).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// demo: reads more from the peer into the buffer; 0 at end of stream.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        self.fill().await
+    }
+
     /// Reads more into the buffer; 0 at end of stream.
     async fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
