@@ -499,7 +499,20 @@ section{{margin-top:22px}} .div{{background:#fff;border:1px solid #d8dce3;border
     }
     s.push_str("</select></label> <span id=\"f-shown\"></span></section>\n");
 
-    for c in Category::ALL {
+    // Sections with the most severe divergences come first (critical before
+    // major before minor; ties keep the usual category order), so a reviewer
+    // meets a lost or wrongly recorded delivery before a header difference.
+    let mut order = Category::ALL;
+    order.sort_by_key(|c| {
+        std::cmp::Reverse(
+            r.divergences
+                .iter()
+                .filter(|d| d.category == *c)
+                .map(|d| d.severity)
+                .max(),
+        )
+    });
+    for c in order {
         let items: Vec<&Divergence> = r.divergences.iter().filter(|d| d.category == c).collect();
         let _ = writeln!(
             s,

@@ -148,3 +148,28 @@ fn index_html_renders_counts_without_console_errors() {
         "console errors: {console_errors:#?}"
     );
 }
+
+/// The page's sections open with the most severe divergences: here the
+/// payload whose meaning changed (critical) comes before the header value
+/// (major), and both before the empty signature section, although the
+/// usual category order is signature, header, payload.
+#[test]
+fn sections_are_ordered_by_severity() {
+    let report = comparator::compare(
+        &dataset(),
+        &Rules::default(),
+        "order-test",
+        BTreeMap::new(),
+        None,
+    );
+    let html = comparator::report::html(&report);
+    let at = |c: &str| {
+        html.find(&format!(r#"<section class="cat" id="cat-{c}""#))
+            .unwrap_or_else(|| panic!("no section for {c}"))
+    };
+    assert!(
+        at("payload") < at("header"),
+        "the critical payload section must come first"
+    );
+    assert!(at("header") < at("signature"), "empty sections come last");
+}
