@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use comparator::{CompareInput, Rules, Verdict};
@@ -31,34 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 const SECRET: &str = "legacy-shared-secret";
 
 fn legacy_binary() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if Command::new("go").arg("version").output().is_err() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("Go is required in CI (CI=true) to build fixtures/legacy-go");
-            }
-            eprintln!("notice: go not found; skipping the comparator's real-sender tests");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("hookshift-cmp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("legacy-sender");
-        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/legacy-go");
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./cmd/legacy-sender")
-            .current_dir(&fixture)
-            .output()
-            .expect("run go build");
-        assert!(
-            out.status.success(),
-            "go build failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(bin)
-    })
-    .clone()
+    engine::testing::legacy_sender_binary("the comparator's real-sender tests")
 }
 
 struct Legacy {

@@ -159,3 +159,46 @@ impl Drop for TestEngine {
         }
     }
 }
+
+/// Builds the legacy Go sender (`fixtures/legacy-go`) once per test process
+/// and returns its path. Without `go` on PATH it prints a notice naming what
+/// is skipped and returns None, except under `CI=true`, where Go is required
+/// and its absence fails the test.
+pub fn legacy_sender_binary(skipping: &str) -> Option<PathBuf> {
+    use std::process::Command;
+    use std::sync::OnceLock;
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let go = Command::new("go").arg("version").output();
+        if !go.is_ok_and(|o| o.status.success()) {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("hookshift-legacy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        let bin = dir.join("legacy-sender");
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/legacy-go");
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg("./cmd/legacy-sender")
+            .current_dir(&fixture)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run go build in {}: {e}", fixture.display()));
+        assert!(
+            out.status.success(),
+            "go build ./cmd/legacy-sender in {} failed ({}):\n{}",
+            fixture.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(bin)
+    })
+    .clone()
+    .or_else(|| {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("Go is required in CI (CI=true) to build fixtures/legacy-go ({skipping})");
+        }
+        eprintln!("notice: go not found; skipping {skipping}");
+        None
+    })
+}

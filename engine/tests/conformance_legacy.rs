@@ -6,26 +6,9 @@
 //! random, printed). Without Go on PATH the test is skipped, except with
 //! `CI=true`, where Go is required.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use engine::conformance::{self, ConformanceError, ConformanceOptions};
-
-/// The repository root: `{engine}/..`, or `HOOKSHIFT_REPO_ROOT`.
-fn repo_root() -> PathBuf {
-    match std::env::var_os("HOOKSHIFT_REPO_ROOT") {
-        Some(root) => PathBuf::from(root),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
-    }
-}
-
-fn go_available() -> bool {
-    Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;
@@ -44,32 +27,11 @@ fn sh_quote(s: &str) -> String {
 
 #[test]
 fn legacy_profile_matches_the_go_sender_byte_for_byte() {
-    if !go_available() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("Go is required in CI (CI=true): the live-oracle conformance test needs `go` on PATH to build fixtures/legacy-go");
-        }
-        println!("notice: go not found; skipping the live-oracle conformance test");
-        return;
-    }
-    let fixture = repo_root().join("fixtures/legacy-go");
-    let dir = std::env::temp_dir().join(format!("hookshift-conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    let binary = dir.join("legacy-sender");
     let started = Instant::now();
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg("./cmd/legacy-sender")
-        .current_dir(&fixture)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run go build in {}: {e}", fixture.display()));
-    assert!(
-        out.status.success(),
-        "go build ./cmd/legacy-sender in {} failed ({}):\n{}",
-        fixture.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Some(binary) = engine::testing::legacy_sender_binary("the live-oracle conformance test")
+    else {
+        return;
+    };
     let build_time = started.elapsed();
 
     let cases = env_number("HOOKSHIFT_CONFORMANCE_CASES").unwrap_or(2000);
@@ -92,7 +54,11 @@ fn legacy_profile_matches_the_go_sender_byte_for_byte() {
             next_report += total / 4;
         }
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    // This test binary holds this one test, so nothing else will ask for
+    // the built sender again: remove it.
+    if let Some(dir) = binary.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match result {
         Ok(report) => {
             println!("{report}");

@@ -19,39 +19,12 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use support::{receiver, Reply};
 
 fn legacy_binary() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if Command::new("go").arg("version").output().is_err() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("Go is required in CI (CI=true) to build fixtures/legacy-go");
-            }
-            eprintln!("notice: go not found; skipping the end-to-end proxy tests");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("hookshift-proxy-e2e-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("legacy-sender");
-        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/legacy-go");
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./cmd/legacy-sender")
-            .current_dir(&fixture)
-            .output()
-            .expect("run go build");
-        assert!(
-            out.status.success(),
-            "go build failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(bin)
-    })
-    .clone()
+    engine::testing::legacy_sender_binary("the end-to-end proxy tests")
 }
 
 /// A running legacy sender; killed on drop.
