@@ -66,13 +66,21 @@ fn run_with(file: &Path, name: &str, extra: &[&str]) -> (Output, Option<Value>, 
     (out, summary, Cleanup(reports))
 }
 
+/// The run's summary.json, if the run got as far as writing it. A run that
+/// stopped early has its directory but no summary; the caller's assertion
+/// then prints the child's output, which says why.
 fn find_summary(dir: &Path) -> Option<PathBuf> {
     let run = std::fs::read_dir(dir).ok()?.flatten().next()?.path();
+    let json = run.join("summary.json");
+    if !json.exists() {
+        return None;
+    }
     assert!(
         run.join("summary.md").exists(),
-        "summary.md beside summary.json"
+        "summary.md beside summary.json in {}",
+        run.display()
     );
-    Some(run.join("summary.json"))
+    Some(json)
 }
 
 fn explain(out: &Output) -> String {
@@ -105,7 +113,7 @@ fn baseline_shows_no_difference() {
     }
     let (out, s, _cleanup) = run_with(&catalog("baseline"), "baseline", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
-    let s = s.expect("a report");
+    let s = s.unwrap_or_else(|| panic!("no summary.json: {}", explain(&out)));
     assert_eq!(s["verdict"]["passed"], true);
     assert_eq!(s["settled"], true);
     let expected = s["traffic"]["expected_deliveries"].as_u64().unwrap();
@@ -142,7 +150,7 @@ fn body_stall_shows_the_legacy_early_success_bug() {
     }
     let (out, s, _cleanup) = run_with(&catalog("body-stall"), "body-stall", &["--builtin-checks"]);
     assert!(out.status.success(), "{}", explain(&out));
-    let s = s.expect("a report");
+    let s = s.unwrap_or_else(|| panic!("no summary.json: {}", explain(&out)));
     for category in ["state_transition", "timeout_classification"] {
         let e = expectation(&s, category);
         assert!(e["found"].as_u64().unwrap() > 0, "{e}");
@@ -176,7 +184,9 @@ fn a_broken_expectation_fails_the_run() {
     let file = root().join("tests/data/broken-expectation.toml");
     let (out, s, _cleanup) = run(&file, "broken-expectation");
     assert!(!out.status.success(), "must fail: {}", explain(&out));
-    let s = s.expect("a report is written even when the verdict fails");
+    let s = s.unwrap_or_else(|| {
+        panic!("a report is written even when the verdict fails: {}", explain(&out))
+    });
     assert_eq!(s["verdict"]["passed"], false);
     let st = expectation(&s, "state_transition");
     assert_eq!(st["ok"], false, "{st}");
@@ -345,7 +355,7 @@ traffic = {{ count = 6 }}
     .unwrap();
     let (out, s, _cleanup) = run(&file, "command-sender");
     assert!(out.status.success(), "{}", explain(&out));
-    let s = s.expect("a report");
+    let s = s.unwrap_or_else(|| panic!("no summary.json: {}", explain(&out)));
     assert_eq!(s["senders"]["legacy"]["kind"], "command");
     assert_eq!(s["senders"]["legacy"]["by_state"]["succeeded"], 6);
     assert_eq!(s["senders"]["engine"]["by_state"]["succeeded"], 6);
