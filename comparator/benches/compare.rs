@@ -404,26 +404,41 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let histories = attempts / 2;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let started = Instant::now();
-    rt.block_on(build_stores(dir.path(), histories));
-    println!(
-        "stores: {attempts} attempts ({histories} per sender) written in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    // HOOKSHIFT_BENCH_STORES=DIR keeps the stores in DIR and reuses them
+    // on the next run (for profiling the report alone, e.g. with
+    // `hookshift compare --captures sqlite://DIR/captures.db ...`).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = match std::env::var_os("HOOKSHIFT_BENCH_STORES") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => tmp.path().to_path_buf(),
+    };
+    let marker = dir.join(format!("complete-{histories}"));
+    if marker.exists() {
+        println!("stores: reusing {} ({attempts} attempts)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("stores directory");
+        let started = Instant::now();
+        rt.block_on(build_stores(&dir, histories));
+        std::fs::write(&marker, b"").expect("marker");
+        println!(
+            "stores: {attempts} attempts ({histories} per sender) written in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let input = CompareInput {
         name: "bench".into(),
         captures: Some(format!(
             "sqlite://{}",
-            dir.path().join("captures.db").display()
+            dir.join("captures.db").display()
         )),
         engine_db: Some(format!(
             "sqlite://{}",
-            dir.path().join("engine.db").display()
+            dir.join("engine.db").display()
         )),
         legacy_db: Some(format!(
             "sqlite://{}",
-            dir.path().join("legacy.db").display()
+            dir.join("legacy.db").display()
         )),
         rules: Rules::default(),
         ..CompareInput::default()
@@ -440,7 +455,7 @@ fn main() {
         }))
         .expect("compare");
     let compared = started.elapsed().as_secs_f64();
-    comparator::write_reports(&report, &dir.path().join("report")).expect("write reports");
+    comparator::write_reports(&report, &dir.join("report")).expect("write reports");
     let total = started.elapsed().as_secs_f64();
     assert_eq!(report.samples.attempt_pairs, histories);
     println!(

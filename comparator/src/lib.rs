@@ -208,16 +208,31 @@ pub async fn run(
     };
     // The databases first: outcomes and states are small and held in
     // memory; the capture store's exchanges are streamed past them below.
+    // The two databases are independent: read them at the same time.
     if let Some(url) = &input.engine_db {
         inputs.insert("engine_db".into(), load::mask_url(url));
-        progress("engine database", 0);
-        load::load_engine_db(url, &mut data.engine).await?;
     }
     if let Some(url) = &input.legacy_db {
         inputs.insert("legacy_db".into(), load::mask_url(url));
-        progress("legacy database", 0);
-        load::load_legacy_db(url, &query, &mut data.legacy).await?;
     }
+    if input.engine_db.is_some() || input.legacy_db.is_some() {
+        progress("databases", 0);
+    }
+    let engine = async {
+        match &input.engine_db {
+            Some(url) => load::load_engine_db(url, &mut data.engine).await,
+            None => Ok(()),
+        }
+    };
+    let legacy = async {
+        match &input.legacy_db {
+            Some(url) => load::load_legacy_db(url, &query, &mut data.legacy).await,
+            None => Ok(()),
+        }
+    };
+    let (engine, legacy) = tokio::join!(engine, legacy);
+    engine?;
+    legacy?;
     if let Some(p) = &input.legacy_query {
         inputs.insert("legacy_query".into(), p.display().to_string());
     }

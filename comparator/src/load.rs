@@ -10,13 +10,12 @@
 //! secrets never appear in them.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::Row;
+use tokio::sync::mpsc;
 
 use crate::model::{Exchange, Ingress, Outcome, Recorded, Role, Sender, SideData};
 
@@ -36,6 +35,16 @@ pub enum LoadError {
         url: String,
         /// The database error.
         source: sqlx::Error,
+    },
+    /// A SQLite store could not be opened or read.
+    #[error("{what} ({url}): {message}")]
+    Sqlite {
+        /// Which input.
+        what: &'static str,
+        /// Its URL.
+        url: String,
+        /// SQLite's message.
+        message: String,
     },
     /// A URL that is neither sqlite: nor postgres://.
     #[error("{what}: unsupported database URL {url:?} (use sqlite://PATH or postgres://…)")]
@@ -77,33 +86,53 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// An opened input. SQLite stores are read with rusqlite on a thread of
+/// their own (see [`sqlite_rows`]); PostgreSQL through an sqlx pool.
 enum Db {
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(PathBuf),
     Pg(sqlx::PgPool),
 }
 
+/// The file a `sqlite:` URL names (`sqlite://PATH`, `sqlite:PATH`, with any
+/// `?options` dropped).
+fn sqlite_path(url: &str) -> PathBuf {
+    let rest = url.trim_start_matches("sqlite:");
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let rest = rest.split('?').next().unwrap_or(rest);
+    PathBuf::from(rest)
+}
+
+fn open_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    // Never created: a missing store is an error. Opened read-write (as a
+    // writer would) so a WAL store's shared-memory file can be made; the
+    // comparator only runs SELECTs on it.
+    rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
 async fn open(what: &'static str, url: &str) -> Result<Db, LoadError> {
-    let db_err = |source| LoadError::Db {
-        what,
-        url: mask_url(url),
-        source,
-    };
     if url.starts_with("sqlite:") {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(db_err)?
-            .create_if_missing(false);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await
-            .map_err(db_err)?;
-        Ok(Db::Sqlite(pool))
+        let path = sqlite_path(url);
+        // Open once here so a missing or unreadable file is reported now.
+        open_sqlite(&path).map_err(|e| LoadError::Sqlite {
+            what,
+            url: mask_url(url),
+            message: e.to_string(),
+        })?;
+        Ok(Db::Sqlite(path))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .connect(url)
             .await
-            .map_err(db_err)?;
+            .map_err(|source| LoadError::Db {
+                what,
+                url: mask_url(url),
+                source,
+            })?;
         Ok(Db::Pg(pool))
     } else {
         Err(LoadError::Url {
@@ -113,24 +142,183 @@ async fn open(what: &'static str, url: &str) -> Result<Db, LoadError> {
     }
 }
 
+/// One column's value as read from SQLite, owned.
+#[derive(Debug, Default)]
+enum Val {
+    #[default]
+    Null,
+    Int(i64),
+    Real,
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// A row read from SQLite. Each column is meant to be read once: reading
+/// moves the value out.
+struct SqliteRow(Vec<std::cell::Cell<Val>>);
+
+/// Rows per message from the SQLite reader thread.
+const SQLITE_BATCH: usize = 1024;
+
+/// Runs `sql` on the SQLite file at `path` on a thread of its own and
+/// yields its rows in batches. sqlx's SQLite driver hands rows over one at
+/// a time through a channel, copying every value; for the million-row
+/// reads of a report that handoff was most of the time spent, so the
+/// comparator reads SQLite with rusqlite here and keeps sqlx for
+/// PostgreSQL.
+fn sqlite_rows(path: PathBuf, sql: String) -> mpsc::Receiver<Result<Vec<SqliteRow>, String>> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let run = || -> rusqlite::Result<()> {
+            let conn = open_sqlite(&path)?;
+            let mut stmt = conn.prepare(&sql)?;
+            let columns = stmt.column_count();
+            let mut rows = stmt.query([])?;
+            let mut batch = Vec::with_capacity(SQLITE_BATCH);
+            while let Some(r) = rows.next()? {
+                let mut vals = Vec::with_capacity(columns);
+                for i in 0..columns {
+                    use rusqlite::types::ValueRef;
+                    vals.push(std::cell::Cell::new(match r.get_ref(i)? {
+                        ValueRef::Null => Val::Null,
+                        ValueRef::Integer(v) => Val::Int(v),
+                        ValueRef::Real(_) => Val::Real,
+                        ValueRef::Text(t) => match std::str::from_utf8(t) {
+                            Ok(t) => Val::Text(t.to_owned()),
+                            Err(_) => Val::Blob(t.to_vec()),
+                        },
+                        ValueRef::Blob(b) => Val::Blob(b.to_vec()),
+                    }));
+                }
+                batch.push(SqliteRow(vals));
+                if batch.len() == SQLITE_BATCH
+                    && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err()
+                {
+                    return Ok(()); // the reader went away
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(Ok(batch));
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(e.to_string()));
+        }
+    });
+    rx
+}
+
+/// Reads column `idx` of a row as `T`, on either backend.
+trait Column<T> {
+    fn column(&self, idx: usize) -> Result<T, String>;
+}
+
+impl<T> Column<T> for sqlx::postgres::PgRow
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    fn column(&self, idx: usize) -> Result<T, String> {
+        self.try_get(idx).map_err(|e| e.to_string())
+    }
+}
+
+fn val_name(v: &Val) -> &'static str {
+    match v {
+        Val::Null => "NULL",
+        Val::Int(_) => "an integer",
+        Val::Real => "a real",
+        Val::Text(_) => "text",
+        Val::Blob(_) => "a blob",
+    }
+}
+
+impl SqliteRow {
+    fn take(&self, idx: usize) -> Result<Val, String> {
+        self.0
+            .get(idx)
+            .map(std::cell::Cell::take)
+            .ok_or_else(|| format!("no column {idx}"))
+    }
+}
+
+impl Column<Option<String>> for SqliteRow {
+    fn column(&self, idx: usize) -> Result<Option<String>, String> {
+        match self.take(idx)? {
+            Val::Null => Ok(None),
+            Val::Text(t) => Ok(Some(t)),
+            other => Err(format!("expected text, found {}", val_name(&other))),
+        }
+    }
+}
+
+impl Column<String> for SqliteRow {
+    fn column(&self, idx: usize) -> Result<String, String> {
+        <Self as Column<Option<String>>>::column(self, idx)?
+            .ok_or_else(|| "expected text, found NULL".to_owned())
+    }
+}
+
+impl Column<Option<i64>> for SqliteRow {
+    fn column(&self, idx: usize) -> Result<Option<i64>, String> {
+        match self.take(idx)? {
+            Val::Null => Ok(None),
+            Val::Int(v) => Ok(Some(v)),
+            other => Err(format!("expected an integer, found {}", val_name(&other))),
+        }
+    }
+}
+
+impl Column<i64> for SqliteRow {
+    fn column(&self, idx: usize) -> Result<i64, String> {
+        <Self as Column<Option<i64>>>::column(self, idx)?
+            .ok_or_else(|| "expected an integer, found NULL".to_owned())
+    }
+}
+
+impl Column<Option<Vec<u8>>> for SqliteRow {
+    fn column(&self, idx: usize) -> Result<Option<Vec<u8>>, String> {
+        match self.take(idx)? {
+            Val::Null => Ok(None),
+            Val::Blob(b) => Ok(Some(b)),
+            // SQLite keeps no column types: a body stored as text is bytes too.
+            Val::Text(t) => Ok(Some(t.into_bytes())),
+            other => Err(format!("expected a blob, found {}", val_name(&other))),
+        }
+    }
+}
+
+impl Column<Vec<u8>> for SqliteRow {
+    fn column(&self, idx: usize) -> Result<Vec<u8>, String> {
+        <Self as Column<Option<Vec<u8>>>>::column(self, idx)?
+            .ok_or_else(|| "expected a blob, found NULL".to_owned())
+    }
+}
+
 /// Runs `$sql` on either backend and calls `$body` with each row (`$row`).
 macro_rules! each_row {
     ($db:expr, $what:expr, $url:expr, $sql:expr, |$row:ident| $body:block) => {{
-        let db_err = |source| LoadError::Db {
-            what: $what,
-            url: mask_url($url),
-            source,
-        };
         match $db {
-            Db::Sqlite(pool) => {
-                let mut rows = sqlx::query($sql).fetch(pool);
-                while let Some($row) = rows.try_next().await.map_err(db_err)? {
-                    $body
+            Db::Sqlite(path) => {
+                let mut batches = sqlite_rows(path.clone(), String::from($sql));
+                while let Some(batch) = batches.recv().await {
+                    let batch = batch.map_err(|message| LoadError::Sqlite {
+                        what: $what,
+                        url: mask_url($url),
+                        message,
+                    })?;
+                    for $row in batch {
+                        $body
+                    }
                 }
             }
             Db::Pg(pool) => {
                 let mut rows = sqlx::query($sql).fetch(pool);
-                while let Some($row) = rows.try_next().await.map_err(db_err)? {
+                while let Some($row) = rows.try_next().await.map_err(|source| LoadError::Db {
+                    what: $what,
+                    url: mask_url($url),
+                    source,
+                })? {
                     $body
                 }
             }
@@ -154,13 +342,8 @@ fn headers_json(
     })
 }
 
-fn get<'r, T, R>(row: &'r R, what: &'static str, idx: usize) -> Result<T, LoadError>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    row.try_get(idx).map_err(|e| LoadError::Row {
+fn get<T, R: Column<T>>(row: &R, what: &'static str, idx: usize) -> Result<T, LoadError> {
+    row.column(idx).map_err(|e| LoadError::Row {
         what,
         message: format!("column {idx}: {e}"),
     })
@@ -366,7 +549,7 @@ pub async fn load_ingress(url: &str) -> Result<Vec<Ingress>, LoadError> {
 
 async fn close(db: Db) {
     match db {
-        Db::Sqlite(p) => p.close().await,
+        Db::Sqlite(_) => {}
         Db::Pg(p) => p.close().await,
     }
 }
