@@ -28,6 +28,8 @@ use std::time::Duration;
 /// Most rows one multi-row INSERT carries; keeps well under both backends'
 /// bound-parameter limits.
 const ROWS_PER_INSERT: usize = 500;
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 1024;
 
 /// A storage failure. `is_retryable` says whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +122,10 @@ impl Store {
                 // FULL: a commit is on disk before ingest answers 202.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Group-committed inserts have one statement text per batch
+                // size: keep them all prepared (the default of 100 thrashed).
+                .statement_cache_capacity(STATEMENT_CACHE);
             let memory = url.contains(":memory:");
             let pool = SqlitePoolOptions::new()
                 // An in-memory database lives in one connection.
@@ -133,7 +138,7 @@ impl Store {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let mut opts = PgConnectOptions::from_str(url)?;
+            let mut opts = PgConnectOptions::from_str(url)?.statement_cache_capacity(STATEMENT_CACHE);
             if let Some(schema) = pg_schema {
                 opts = opts.options([("search_path", schema)]);
             }
