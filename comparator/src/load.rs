@@ -612,10 +612,24 @@ pub async fn load_engine_db(url: &str, side: &mut SideData) -> Result<(), LoadEr
         let h = side.history(&event_id, &ep);
         h.in_db = true;
         h.delivery_id = Some(get(&row, ENGINE_DB, 2)?);
-        h.states.push(get(&row, ENGINE_DB, 3)?);
+        push_engine_state(&mut h.states, get(&row, ENGINE_DB, 3)?);
     });
     close(db).await;
     Ok(())
+}
+
+/// Appends an engine transition's state. A claim handed back unsent
+/// (`in_flight → pending`: over an endpoint's concurrency cap, or a lease
+/// rescued after a crash) is scheduling the receiver never sees, and the
+/// legacy's history has no such step: the pair is dropped, so
+/// `pending → in_flight → pending → in_flight → succeeded` reads as
+/// `pending → in_flight → succeeded`.
+fn push_engine_state(states: &mut Vec<String>, to: String) {
+    if to == "pending" && states.last().is_some_and(|s| s == "in_flight") {
+        states.pop();
+        return;
+    }
+    states.push(to);
 }
 
 const LEGACY_DB: &str = "legacy database";
@@ -747,4 +761,49 @@ pub fn load_secrets(path: &Path) -> Result<HashMap<String, Vec<String>>, LoadErr
         out.insert(url, list);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold(states: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in states {
+            push_engine_state(&mut out, (*s).to_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn a_claim_handed_back_unsent_leaves_no_trace() {
+        assert_eq!(
+            fold(&["pending", "in_flight", "pending", "in_flight", "succeeded"]),
+            ["pending", "in_flight", "succeeded"]
+        );
+        assert_eq!(
+            fold(&[
+                "pending",
+                "in_flight",
+                "retry_scheduled",
+                "in_flight",
+                "pending",
+                "in_flight",
+                "failed"
+            ]),
+            ["pending", "in_flight", "retry_scheduled", "in_flight", "failed"]
+        );
+        // A replay of a terminal delivery is a real step and stays.
+        assert_eq!(
+            fold(&["pending", "in_flight", "succeeded", "pending", "in_flight", "succeeded"]),
+            ["pending", "in_flight", "succeeded", "pending", "in_flight", "succeeded"]
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(sqlite_path("sqlite://a/b.db"), PathBuf::from("a/b.db"));
+        assert_eq!(sqlite_path("sqlite:///tmp/x.db?mode=ro"), PathBuf::from("/tmp/x.db"));
+        assert_eq!(sqlite_path("sqlite:c.db"), PathBuf::from("c.db"));
+    }
 }
