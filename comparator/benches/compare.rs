@@ -428,18 +428,9 @@ fn main() {
     }
     let input = CompareInput {
         name: "bench".into(),
-        captures: Some(format!(
-            "sqlite://{}",
-            dir.join("captures.db").display()
-        )),
-        engine_db: Some(format!(
-            "sqlite://{}",
-            dir.join("engine.db").display()
-        )),
-        legacy_db: Some(format!(
-            "sqlite://{}",
-            dir.join("legacy.db").display()
-        )),
+        captures: Some(format!("sqlite://{}", dir.join("captures.db").display())),
+        engine_db: Some(format!("sqlite://{}", dir.join("engine.db").display())),
+        legacy_db: Some(format!("sqlite://{}", dir.join("legacy.db").display())),
         rules: Rules::default(),
         ..CompareInput::default()
     };

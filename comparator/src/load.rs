@@ -791,19 +791,42 @@ mod tests {
                 "in_flight",
                 "failed"
             ]),
-            ["pending", "in_flight", "retry_scheduled", "in_flight", "failed"]
+            [
+                "pending",
+                "in_flight",
+                "retry_scheduled",
+                "in_flight",
+                "failed"
+            ]
         );
         // A replay of a terminal delivery is a real step and stays.
         assert_eq!(
-            fold(&["pending", "in_flight", "succeeded", "pending", "in_flight", "succeeded"]),
-            ["pending", "in_flight", "succeeded", "pending", "in_flight", "succeeded"]
+            fold(&[
+                "pending",
+                "in_flight",
+                "succeeded",
+                "pending",
+                "in_flight",
+                "succeeded"
+            ]),
+            [
+                "pending",
+                "in_flight",
+                "succeeded",
+                "pending",
+                "in_flight",
+                "succeeded"
+            ]
         );
     }
 
     #[test]
     fn sqlite_urls_name_their_file() {
         assert_eq!(sqlite_path("sqlite://a/b.db"), PathBuf::from("a/b.db"));
-        assert_eq!(sqlite_path("sqlite:///tmp/x.db?mode=ro"), PathBuf::from("/tmp/x.db"));
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/x.db?mode=ro"),
+            PathBuf::from("/tmp/x.db")
+        );
         assert_eq!(sqlite_path("sqlite:c.db"), PathBuf::from("c.db"));
     }
 }

@@ -138,7 +138,8 @@ impl Store {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let mut opts = PgConnectOptions::from_str(url)?.statement_cache_capacity(STATEMENT_CACHE);
+            let mut opts =
+                PgConnectOptions::from_str(url)?.statement_cache_capacity(STATEMENT_CACHE);
             if let Some(schema) = pg_schema {
                 opts = opts.options([("search_path", schema)]);
             }
