@@ -350,7 +350,7 @@ impl Sender {
                         lease.release();
                     }
                     drop(resp);
-                    if matches!(status, 301 | 302 | 303) {
+                    if (301..=303).contains(&status) {
                         if hop.method != Method::GET && hop.method != Method::HEAD {
                             hop.method = Method::GET;
                         }
@@ -652,8 +652,9 @@ fn build_request(
         map.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     let keep = |n: &HeaderName| {
-        !(hop.body.is_none() && is_body_header(n))
-            && !(hop.strip_sensitive && is_sensitive_header(n))
+        let dropped_with_body = hop.body.is_none() && is_body_header(n);
+        let dropped_off_domain = hop.strip_sensitive && is_sensitive_header(n);
+        !dropped_with_body && !dropped_off_domain
     };
     let mut basic = if profile.iter().any(|(n, _)| n == AUTHORIZATION && keep(n)) {
         None
