@@ -1410,3 +1410,28 @@ async fn the_guard_still_applies_behind_a_proxy() {
         "the proxy saw a request"
     );
 }
+
+#[tokio::test]
+async fn a_connection_the_receiver_asked_to_close_is_not_reused() {
+    // `Connection: close`, but the receiver keeps its end open: the client
+    // must not wait on that connection for the next request.
+    let rx = raw(|mut s| async move {
+        read_request(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
+    let sender = loopback_sender();
+    let url = format!("http://{}/", rx.addr);
+    for i in 0..3 {
+        let ex = sender.send(request(url.clone())).await;
+        assert_eq!(
+            ex.outcome,
+            Outcome::Delivered { status: 200 },
+            "send {i}: {ex:?}"
+        );
+    }
+    assert_eq!(rx.conns.load(Ordering::SeqCst), 3);
+}
