@@ -363,13 +363,13 @@ impl EngineConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(p) = &w.egress_proxy {
-            let ok = reqwest::Url::parse(p)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            let ok = url::Url::parse(p)
+                .map(|u| u.scheme() == "http" && u.host_str().is_some())
                 .unwrap_or(false);
             if !ok {
                 return Err(invalid(
                     "worker.egress_proxy",
-                    format!("`{p}` is not a proxy URL like http://127.0.0.1:9091"),
+                    format!("`{p}` is not an http:// proxy URL like http://127.0.0.1:9091"),
                 ));
             }
         }

@@ -220,7 +220,7 @@ async fn ok_200_is_delivered_with_request_intact() {
     assert_eq!(h["x-signature"], SECRET);
     assert_eq!(h["x-event-id"], "evt_1");
     assert_eq!(h["content-type"], "application/json");
-    // reqwest adds no User-Agent of its own.
+    // The client adds no User-Agent of its own.
     assert!(h.get("user-agent").is_none());
 }
 
@@ -856,8 +856,10 @@ async fn header_names_are_lowercase_by_default_in_wire_order() {
     };
     assert!(pos("content-type") < pos("x-event-id"));
     assert!(pos("x-event-id") < pos("x-signature"));
-    // What reqwest/hyper add: accept */*, host, content-length. No UA.
-    assert!(head.contains("\r\naccept: */*"), "{head}");
+    // What the client adds: host first, content-length. No Accept, no UA.
+    assert_eq!(names[0], "host", "{head}");
+    assert_eq!(names[1], "content-length", "{head}");
+    assert!(!head.to_ascii_lowercase().contains("\r\naccept:"), "{head}");
     assert!(head.contains("\r\nhost: 127.0.0.1:"), "{head}");
     assert!(
         head.contains(&format!("\r\ncontent-length: {}", BODY.len())),
@@ -884,16 +886,22 @@ async fn header_names_are_title_case_when_asked() {
         "\r\nX-Signature: ",
         "\r\nUser-Agent: Go-http-client/1.1",
         "\r\nHost: 127.0.0.1:",
-        "\r\nAccept: */*",
         "\r\nContent-Length: ",
     ] {
         assert!(head.contains(expected), "{expected:?} missing from\n{head}");
     }
     assert!(!head.contains("x-event-id"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("\r\naccept:"), "{head}");
+    // Go's order: Host, User-Agent, Content-Length, then the rest.
+    assert_eq!(
+        &header_names(&head)[..3],
+        ["Host", "User-Agent", "Content-Length"],
+        "{head}"
+    );
 }
 
 #[tokio::test]
-async fn an_accept_header_in_the_request_replaces_reqwests_default() {
+async fn an_accept_header_in_the_request_is_sent_once_as_given() {
     let mut r = request("");
     r.headers.push(("accept".into(), "application/json".into()));
     let head = capture(r, "http://").await;
@@ -988,6 +996,350 @@ async fn connections_are_reused_across_sends() {
     assert_eq!(rx.conns.load(Ordering::SeqCst), 1);
 }
 
+// ------------------------------------------------- our client: wire and pool
+
+/// The legacy profile's request, rendered as the worker renders it.
+fn legacy_request(url: String) -> OutboundRequest {
+    let profile = engine::profile::by_name("legacy").unwrap();
+    let msg = engine::profile::Message {
+        event_id: "evt_1",
+        delivery_id: Some("dlv_1"),
+        event_type: "order.created",
+        timestamp: 1_700_000_000,
+        payload: br#"{"b":1,"a":"<x>"}"#,
+    };
+    let rendered = profile.render(&["legacy-secret"], &msg).unwrap();
+    OutboundRequest {
+        url,
+        headers: profile.wire_headers(&rendered),
+        body: rendered.body.into(),
+        deadline: profile.timeout,
+        follow_redirects: profile.follow_redirects,
+        title_case_headers: profile.header_case != engine::profile::HeaderCase::Lower,
+    }
+}
+
+#[tokio::test]
+async fn legacy_profile_bytes_are_go_s_head_with_no_accept() {
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let rx = raw(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let req = read_request(&mut s).await;
+            let _ = tx.send(req);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    })
+    .await;
+    let r = legacy_request(format!("http://{}/hook?x=1", rx.addr));
+    let body = r.body.clone();
+    let ex = loopback_sender().send(r).await;
+    assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+
+    let req = heads.recv().await.unwrap();
+    let end = find(&req, b"\r\n\r\n").unwrap();
+    assert_eq!(&req[end + 4..], &body[..]);
+    let head = String::from_utf8(req[..end].to_vec()).unwrap();
+    let lines: Vec<&str> = head.split("\r\n").collect();
+    assert_eq!(lines[0], "POST /hook?x=1 HTTP/1.1", "{head}");
+    // Go's net/http: Host, User-Agent, Content-Length, the rest sorted by
+    // name, Accept-Encoding last; canonical case; nothing else.
+    assert_eq!(
+        header_names(&head),
+        [
+            "Host",
+            "User-Agent",
+            "Content-Length",
+            "Content-Type",
+            "X-Delivery-Id",
+            "X-Event-Id",
+            "X-Signature",
+            "X-Timestamp",
+            "Accept-Encoding",
+        ],
+        "{head}"
+    );
+    assert_eq!(lines[1], format!("Host: {}", rx.addr));
+    assert_eq!(lines[2], "User-Agent: Go-http-client/1.1");
+    assert_eq!(lines[3], format!("Content-Length: {}", body.len()));
+    assert_eq!(lines[9], "Accept-Encoding: gzip");
+    assert!(!head.to_ascii_lowercase().contains("\r\naccept:"), "{head}");
+}
+
+/// A keep-alive receiver that serves requests on each connection until the
+/// client closes it.
+async fn keep_alive_receiver() -> Raw {
+    raw(|mut s| async move {
+        loop {
+            let req = read_request(&mut s).await;
+            if req.is_empty() {
+                return;
+            }
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_deliveries_to_one_receiver_share_one_connection() {
+    let rx = keep_alive_receiver().await;
+    let sender = loopback_sender();
+    let url = format!("http://{}/hook", rx.addr);
+    for _ in 0..2 {
+        let ex = sender.send(legacy_request(url.clone())).await;
+        assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    }
+    assert_eq!(rx.conns.load(Ordering::SeqCst), 1);
+    assert_eq!(sender.idle_connections(&url, true), 1);
+    // Header case is a property of the connection: a lowercase request
+    // does not borrow the title-case one.
+    let ex = sender.send(request(url.clone())).await;
+    assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    assert_eq!(rx.conns.load(Ordering::SeqCst), 2);
+    assert_eq!(sender.idle_connections(&url, false), 1);
+}
+
+#[tokio::test]
+async fn without_idle_slots_nothing_is_pooled() {
+    let rx = keep_alive_receiver().await;
+    let sender = Sender::new(SenderConfig {
+        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        pool_idle_per_host: 0,
+        ..SenderConfig::default()
+    })
+    .unwrap();
+    let url = format!("http://{}/", rx.addr);
+    for _ in 0..2 {
+        let ex = sender.send(request(url.clone())).await;
+        assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    }
+    assert_eq!(rx.conns.load(Ordering::SeqCst), 2);
+}
+
+/// A receiver that answers one request per connection as if keeping it
+/// alive, then closes it when the test releases a permit, and reports each
+/// close.
+struct OneShot {
+    raw: Raw,
+    close: Arc<tokio::sync::Semaphore>,
+    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+async fn one_shot_receiver() -> OneShot {
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    let close = Arc::new(tokio::sync::Semaphore::new(0));
+    let permits = close.clone();
+    let raw = raw(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        let permits = permits.clone();
+        async move {
+            read_request(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            permits.acquire().await.unwrap().forget();
+            drop(s);
+            let _ = closed_tx.send(());
+        }
+    })
+    .await;
+    OneShot { raw, close, closed }
+}
+
+impl OneShot {
+    /// Let the receiver close the connection it holds, and wait until it has.
+    async fn close_one(&mut self) {
+        self.close.add_permits(1);
+        self.closed.recv().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_peer_closed_is_not_reused() {
+    let mut rx = one_shot_receiver().await;
+    let sender = loopback_sender();
+    let url = format!("http://{}/", rx.raw.addr);
+    let ex = sender.send(request(url.clone())).await;
+    assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    assert_eq!(sender.idle_connections(&url, false), 1);
+    rx.close_one().await;
+    // Wait (without a clock) until the client has seen the close.
+    while sender.idle_connections(&url, false) > 0 {
+        tokio::task::yield_now().await;
+    }
+    let ex = sender.send(request(url.clone())).await;
+    assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    assert_eq!(rx.raw.conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_connection_closed_just_before_reuse_is_replaced_not_failed() {
+    // The close has happened on the receiver's side, but the client's
+    // connection task may not have run since: whether the pool notices, or
+    // hyper hands the request back unsent, it goes out on a fresh
+    // connection instead of failing.
+    let mut rx = one_shot_receiver().await;
+    let sender = loopback_sender();
+    let url = format!("http://{}/", rx.raw.addr);
+    for i in 0..5 {
+        let ex = sender.send(request(url.clone())).await;
+        assert_eq!(
+            ex.outcome,
+            Outcome::Delivered { status: 200 },
+            "send {i}: {ex:?}"
+        );
+        assert_eq!(sender.idle_connections(&url, false), 1, "send {i}");
+        rx.close_one().await;
+    }
+    assert_eq!(rx.raw.conns.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn see_other_turns_the_post_into_a_get_without_body_headers() {
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let rx = raw(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            loop {
+                let req = read_request(&mut s).await;
+                if req.is_empty() {
+                    return;
+                }
+                let first = req.starts_with(b"POST /from ");
+                let _ = tx.send(req);
+                let resp: &[u8] = if first {
+                    b"HTTP/1.1 303 See Other\r\nlocation: /to\r\ncontent-length: 0\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                };
+                if s.write_all(resp).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let mut r = legacy_request(format!("http://{}/from", rx.addr));
+    r.follow_redirects = true;
+    let ex = loopback_sender().send(r).await;
+    assert_eq!(ex.outcome, Outcome::Delivered { status: 200 }, "{ex:?}");
+    let _first = heads.recv().await.unwrap();
+    let second = String::from_utf8(heads.recv().await.unwrap()).unwrap();
+    let head = second.trim_end_matches("\r\n\r\n");
+    assert!(head.starts_with("GET /to HTTP/1.1\r\n"), "{head}");
+    assert_eq!(
+        header_names(head),
+        [
+            "Host",
+            "User-Agent",
+            "X-Delivery-Id",
+            "X-Event-Id",
+            "X-Signature",
+            "X-Timestamp",
+            "Accept-Encoding",
+        ],
+        "{head}"
+    );
+    // The 303 had no body left to read: the hop reused the connection.
+    assert_eq!(rx.conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn https_to_a_plain_http_receiver_is_a_connect_error() {
+    let rx = raw(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    })
+    .await;
+    let ex = loopback_sender()
+        .send(request(format!("https://{}/hook", rx.addr)))
+        .await;
+    assert_eq!(ex.outcome, Outcome::ConnectError, "{ex:?}");
+    assert!(
+        ex.error.as_deref().unwrap().contains("TLS"),
+        "{:?}",
+        ex.error
+    );
+    assert_no_secret(&ex);
+}
+
+#[tokio::test]
+async fn https_through_the_egress_proxy_opens_a_connect_tunnel() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let (tx, seen) = tokio::sync::oneshot::channel::<(String, u8)>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .unwrap();
+        // What comes through the tunnel first: a TLS handshake record.
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        let _ = tx.send((String::from_utf8_lossy(&buf).into_owned(), chunk[0]));
+        // No TLS server here: the handshake fails.
+    });
+    let sender = Sender::new(SenderConfig {
+        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        egress_proxy: Some(format!("http://{proxy}")),
+        ..SenderConfig::default()
+    })
+    .unwrap();
+    let ex = sender.send(request("https://127.0.0.1:9/hook")).await;
+    assert_eq!(ex.outcome, Outcome::ConnectError, "{ex:?}");
+    let (head, first_byte) = seen.await.unwrap();
+    assert_eq!(
+        head,
+        "CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n"
+    );
+    assert_eq!(first_byte, 0x16, "a TLS handshake record");
+}
+
+#[tokio::test]
+async fn a_proxy_refusing_the_tunnel_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut chunk = [0u8; 4096];
+        let _ = s.read(&mut chunk).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    });
+    let sender = Sender::new(SenderConfig {
+        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        egress_proxy: Some(format!("http://{proxy}")),
+        ..SenderConfig::default()
+    })
+    .unwrap();
+    let ex = sender.send(request("https://127.0.0.1:9/hook")).await;
+    assert_eq!(ex.outcome, Outcome::ConnectError, "{ex:?}");
+    assert!(
+        ex.error.as_deref().unwrap().contains("403"),
+        "{:?}",
+        ex.error
+    );
+}
+
 // ------------------------------------------------------------ egress proxy
 
 /// A one-shot forward proxy: answers the first request with 200 and keeps
@@ -1057,4 +1409,29 @@ async fn the_guard_still_applies_behind_a_proxy() {
         ),
         "the proxy saw a request"
     );
+}
+
+#[tokio::test]
+async fn a_connection_the_receiver_asked_to_close_is_not_reused() {
+    // `Connection: close`, but the receiver keeps its end open: the client
+    // must not wait on that connection for the next request.
+    let rx = raw(|mut s| async move {
+        read_request(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
+    let sender = loopback_sender();
+    let url = format!("http://{}/", rx.addr);
+    for i in 0..3 {
+        let ex = sender.send(request(url.clone())).await;
+        assert_eq!(
+            ex.outcome,
+            Outcome::Delivered { status: 200 },
+            "send {i}: {ex:?}"
+        );
+    }
+    assert_eq!(rx.conns.load(Ordering::SeqCst), 3);
 }

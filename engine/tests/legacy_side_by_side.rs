@@ -217,6 +217,19 @@ async fn bodies_and_signatures_are_byte_identical() {
             "{name}"
         );
     }
+    // The request heads carry the same header names, in the same case and
+    // order (Go's: Host, User-Agent, Content-Length, sorted, Accept-Encoding),
+    // and nothing else: no Accept.
+    let names = |rx: &Receiver| -> Vec<String> {
+        rx.hits()[0]
+            .head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_string()))
+            .collect()
+    };
+    assert_eq!(names(&rx_engine), names(&rx_legacy));
+    assert_eq!(rx_engine.header(0, "Accept"), None);
     engine.shutdown().await;
 }
 

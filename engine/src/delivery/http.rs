@@ -2,40 +2,55 @@
 //! deadline, read the response body (capped), and classify what happened.
 //!
 //! Order inside [`Sender::send`]: validate the URL → refuse blocked IP
-//! literals (names are checked by the guarded resolver, see
-//! [`super::ssrf`]) → send → read the body to its end or to the cap →
-//! classify. One deadline covers connect, the response head and the body:
-//! if it passes before the head arrived the outcome is [`Outcome::Timeout`]
-//! (ambiguous: the receiver may have processed the request); if it passes
-//! after, [`Outcome::BodyRead`]. A 2xx is [`Outcome::Delivered`] only once the
-//! body was read to its end, or to `body_cap` (then `truncated` is set).
+//! literals (names are checked by the guarded resolver when dialling, see
+//! [`super::ssrf`]; behind the egress proxy they are resolved and checked
+//! here) → send → follow redirects when the profile does → read the body to
+//! its end or to the cap → classify. One deadline covers connect, every
+//! hop, the response head and the body: if it passes before the head
+//! arrived the outcome is [`Outcome::Timeout`] (ambiguous: the receiver may
+//! have processed the request); if it passes after, [`Outcome::BodyRead`].
+//! A 2xx is [`Outcome::Delivered`] only once the body was read to its end,
+//! or to `body_cap` (then `truncated` is set).
 //!
 //! Request headers carry signatures, so no error text produced here contains
-//! them, and reqwest's URL is stripped from its errors (it may carry
-//! credentials in its userinfo).
+//! them, and URLs are never quoted in errors (they may carry credentials).
 //!
-//! What reqwest adds on the wire beyond [`OutboundRequest::headers`]:
-//! `accept: */*` when the request has no Accept header (reqwest always merges
-//! that default; it cannot be removed), `host` and `content-length` (hyper),
-//! and `authorization: Basic …` when the URL has userinfo and the request no
-//! Authorization header (as Go's net/http does). No User-Agent, no
-//! Accept-Encoding (no compression features are enabled), no Referer on
-//! redirects (disabled). On a cross-host redirect reqwest drops
-//! Authorization/Cookie headers; 301/302/303 turn a POST into a GET without
-//! body, 307/308 repeat the POST with its body.
+//! What goes on the wire is [`OutboundRequest::headers`] and nothing the
+//! profile did not ask for, in Go's net/http order: `Host`, then the
+//! profile's `User-Agent` (if any), then `Content-Length` (requests with a
+//! body), then the remaining headers in the order given (the profile sorts
+//! them as Go does and puts `Accept-Encoding` last). `Authorization: Basic …`
+//! is added when the URL has userinfo and the request no Authorization
+//! header, in its sorted place, as Go's net/http does. No `Accept`, no
+//! `Referer`. Names are lowercase, or Title-Case when
+//! [`OutboundRequest::title_case_headers`] is set. The transport is
+//! [`super::client`] (hyper's HTTP/1.1 connection API and our own pool).
+//!
+//! Redirects (when [`OutboundRequest::follow_redirects`]) follow Go's
+//! client: 301, 302 and 303 turn a POST into a GET without body and without
+//! the body's headers (Content-Type, Content-Encoding, Content-Language,
+//! Content-Location), 307 and 308 repeat the request with its body; once a
+//! hop dropped the body it stays dropped. Other headers are kept, except
+//! Authorization, Cookie and the like on a hop to a host that is neither the
+//! first request's host nor one of its subdomains. Every hop's destination
+//! is checked by the guard.
 
-use std::error::Error as StdError;
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, DATE, LOCATION, RETRY_AFTER};
-use reqwest::redirect;
-use reqwest::Url;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, DATE, HOST, LOCATION,
+    RETRY_AFTER, TRANSFER_ENCODING, USER_AGENT,
+};
+use hyper::{Method, Request, StatusCode};
+use url::Url;
 
+use super::client::{self, Client, ProxyError, SendError};
 use super::ssrf::{BlockedDestination, Guard, GuardedResolver};
 use crate::state::OutcomeClass;
 
@@ -79,11 +94,9 @@ impl Default for SenderConfig {
 /// The sender could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
-    #[error("could not build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
     /// The egress proxy URL is not usable.
     #[error("invalid egress proxy URL: {0}")]
-    Proxy(#[source] reqwest::Error),
+    Proxy(#[source] ProxyError),
 }
 
 /// One delivery request, fully built and signed.
@@ -217,16 +230,12 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Sends deliveries. Holds one pooled client per combination of header case
-/// and redirect policy; all share the guarded resolver.
+/// Sends deliveries over one pooled [`Client`] (connections are pooled per
+/// origin and header case), with the SSRF guard applied to every hop.
 pub struct Sender {
-    /// Indexed by `title_case as usize * 2 + follow as usize`.
-    clients: [reqwest::Client; 4],
+    client: Client,
     guard: Arc<Guard>,
     body_cap: usize,
-    /// Whether deliveries go through an egress proxy (then names are
-    /// resolved and checked before sending).
-    proxied: bool,
 }
 
 impl fmt::Debug for Sender {
@@ -234,50 +243,34 @@ impl fmt::Debug for Sender {
         f.debug_struct("Sender")
             .field("guard", &self.guard)
             .field("body_cap", &self.body_cap)
-            .finish_non_exhaustive()
+            .field("client", &self.client)
+            .finish()
     }
+}
+
+/// What the hops so far did to the request (Go's redirect rules).
+struct Hop {
+    method: Method,
+    /// `None` once a 301/302/303 dropped it.
+    body: Option<Bytes>,
+    /// A hop went to a host that is not the first one nor a subdomain of it.
+    strip_sensitive: bool,
 }
 
 impl Sender {
     pub fn new(cfg: SenderConfig) -> Result<Sender, SenderError> {
         let guard = Arc::new(Guard::new(cfg.allow_cidrs.clone()));
-        let resolver = Arc::new(GuardedResolver::new(guard.clone()));
-        let build = |title_case: bool, follow: bool| -> Result<reqwest::Client, SenderError> {
-            let policy = if follow {
-                following_policy(guard.clone())
-            } else {
-                redirect::Policy::none()
-            };
-            let mut b = reqwest::Client::builder();
-            b = match &cfg.egress_proxy {
-                Some(url) => b.proxy(reqwest::Proxy::all(url).map_err(SenderError::Proxy)?),
-                None => b.no_proxy(),
-            };
-            let mut b = b
-                .dns_resolver(resolver.clone())
-                .redirect(policy)
-                .referer(false)
-                .pool_max_idle_per_host(cfg.pool_idle_per_host);
-            if title_case {
-                b = b.http1_title_case_headers();
-            }
-            b.build().map_err(SenderError::Client)
-        };
+        let client = Client::new(
+            guard.clone(),
+            cfg.pool_idle_per_host,
+            cfg.egress_proxy.as_deref(),
+        )
+        .map_err(SenderError::Proxy)?;
         Ok(Sender {
-            clients: [
-                build(false, false)?,
-                build(false, true)?,
-                build(true, false)?,
-                build(true, true)?,
-            ],
+            client,
             guard,
             body_cap: cfg.body_cap,
-            proxied: cfg.egress_proxy.is_some(),
         })
-    }
-
-    fn client(&self, title_case: bool, follow: bool) -> &reqwest::Client {
-        &self.clients[title_case as usize * 2 + follow as usize]
     }
 
     /// One HTTP exchange with a hard deadline covering connect, headers and
@@ -291,77 +284,152 @@ impl Sender {
         ex
     }
 
+    /// Idle pooled connections to `url`'s origin for the given header case
+    /// (tests: connection reuse).
+    #[doc(hidden)]
+    pub fn idle_connections(&self, url: &str, title_case: bool) -> usize {
+        validate_url(url)
+            .map(|u| self.client.idle_for(&u, title_case))
+            .unwrap_or(0)
+    }
+
     async fn exchange(&self, req: OutboundRequest, deadline: tokio::time::Instant) -> Partial {
-        // 1. The URL.
-        let url = match validate_url(&req.url) {
+        // 1. The URL, and the guard for its destination.
+        let mut url = match validate_url(&req.url) {
             Ok(u) => u,
             Err(why) => return Partial::failed(Outcome::InvalidUrl, why),
         };
-
-        // 2. IP literals never reach the resolver: check them here.
-        if let Some(ip) = literal_ip(&url) {
-            if let Err(blocked) = self.guard.check(&ip.to_string(), ip) {
-                return Partial::failed(Outcome::BlockedDestination, blocked.to_string());
-            }
-        } else if self.proxied {
-            // Through a proxy reqwest never resolves the destination, so the
-            // guarded resolver would not see it: resolve and check here.
-            let host = url.host_str().unwrap_or_default();
-            let check =
-                tokio::time::timeout_at(deadline, GuardedResolver::resolve_host(&self.guard, host));
-            match check.await {
-                Err(_) => {
-                    return Partial::failed(
-                        Outcome::Timeout,
-                        "deadline passed while resolving the destination".into(),
-                    )
-                }
-                Ok(Err(e)) => {
-                    let outcome = match e.downcast_ref::<BlockedDestination>() {
-                        Some(_) => Outcome::BlockedDestination,
-                        None => Outcome::ConnectError,
-                    };
-                    return Partial::failed(outcome, e.to_string());
-                }
-                Ok(Ok(_)) => {}
-            }
+        if let Err(p) = self.check_destination(&url, deadline).await {
+            return p;
         }
 
-        // 3. The request, headers in wire order.
-        let headers = match header_map(&req.headers) {
+        // 2. The profile's headers, checked once for every hop.
+        let headers = match profile_headers(&req.headers) {
             Ok(h) => h,
             Err(why) => return Partial::failed(Outcome::Internal, why),
         };
-        let client = self.client(req.title_case_headers, req.follow_redirects);
-        let request = match client.post(url).headers(headers).body(req.body).build() {
-            Ok(r) => r,
-            Err(e) => return Partial::failed(Outcome::Internal, error_detail(e)),
+        let first_host = url.host_str().unwrap_or_default().to_string();
+        let mut hop = Hop {
+            method: Method::POST,
+            body: Some(req.body),
+            strip_sensitive: false,
         };
+        let mut hops = 0;
 
-        // 4. Send; the deadline runs until the head arrives...
-        let mut resp = match tokio::time::timeout_at(deadline, client.execute(request)).await {
-            Err(_) => {
-                return Partial::failed(
-                    Outcome::Timeout,
-                    format!(
-                        "deadline of {} ms passed before the response head arrived",
-                        req.deadline.as_millis()
-                    ),
+        loop {
+            // 3. Send; the deadline runs until the head arrives...
+            let request = match build_request(&url, &headers, &hop) {
+                Ok(r) => r,
+                Err(why) => return Partial::failed(Outcome::Internal, why),
+            };
+            let sent = self.client.send(&url, req.title_case_headers, request);
+            let (resp, lease) = match tokio::time::timeout_at(deadline, sent).await {
+                Err(_) => {
+                    return Partial::failed(
+                        Outcome::Timeout,
+                        format!(
+                            "deadline of {} ms passed before the response head arrived",
+                            req.deadline.as_millis()
+                        ),
+                    )
+                }
+                Ok(Err(e)) => return Partial::failed(classify_send_error(&e), e.to_string()),
+                Ok(Ok(r)) => r,
+            };
+
+            // 4. A redirect the profile follows: on to the next hop.
+            let status = resp.status().as_u16();
+            if req.follow_redirects
+                && matches!(status, 301 | 302 | 303 | 307 | 308)
+                && hops < MAX_REDIRECT_HOPS
+            {
+                if let Some(next) = next_hop(&url, resp.headers()) {
+                    // The connection is reused only if the 3xx had no body
+                    // left to read; otherwise it is closed, not drained.
+                    if resp.body().is_end_stream() {
+                        lease.release();
+                    }
+                    drop(resp);
+                    if (301..=303).contains(&status) {
+                        if hop.method != Method::GET && hop.method != Method::HEAD {
+                            hop.method = Method::GET;
+                        }
+                        hop.body = None;
+                    }
+                    if !hop.strip_sensitive
+                        && !is_domain_or_subdomain(next.host_str().unwrap_or_default(), &first_host)
+                    {
+                        hop.strip_sensitive = true;
+                    }
+                    if let Err(p) = self.check_destination(&next, deadline).await {
+                        return p;
+                    }
+                    url = next;
+                    hops += 1;
+                    continue;
+                }
+            }
+
+            // 5. ...and on through the body, to its end or to the cap.
+            return self
+                .read_response(
+                    resp,
+                    lease,
+                    status,
+                    deadline,
+                    &req.deadline,
+                    req.follow_redirects,
                 )
-            }
-            Ok(Err(e)) => {
-                let outcome = classify_error(&e);
-                let why = match find_blocked(&e) {
-                    // The guard's own words, without reqwest's "dns error" framing.
-                    Some(blocked) => blocked.to_string(),
-                    None => error_detail(e),
-                };
-                return Partial::failed(outcome, why);
-            }
-            Ok(Ok(r)) => r,
-        };
+                .await;
+        }
+    }
 
-        let status = resp.status().as_u16();
+    /// The guard for one hop's destination: IP literals are checked here
+    /// (they never reach a resolver). Behind the egress proxy the proxy
+    /// resolves names, not us, so they are resolved and checked here too;
+    /// otherwise the guarded resolver checks them when dialling.
+    async fn check_destination(
+        &self,
+        url: &Url,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Partial> {
+        if let Some(ip) = literal_ip(url) {
+            return self.guard.check(&ip.to_string(), ip).map_err(|blocked| {
+                Partial::failed(Outcome::BlockedDestination, blocked.to_string())
+            });
+        }
+        if !self.client.proxied() {
+            return Ok(());
+        }
+        let host = url.host_str().unwrap_or_default();
+        let check =
+            tokio::time::timeout_at(deadline, GuardedResolver::resolve_host(&self.guard, host));
+        match check.await {
+            Err(_) => Err(Partial::failed(
+                Outcome::Timeout,
+                "deadline passed while resolving the destination".into(),
+            )),
+            Ok(Err(e)) => {
+                let outcome = match e.downcast_ref::<BlockedDestination>() {
+                    Some(_) => Outcome::BlockedDestination,
+                    None => Outcome::ConnectError,
+                };
+                Err(Partial::failed(outcome, e.to_string()))
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Read the final response's body to its end or to the cap, and classify.
+    async fn read_response(
+        &self,
+        resp: hyper::Response<hyper::body::Incoming>,
+        lease: client::Lease<'_>,
+        status: u16,
+        deadline: tokio::time::Instant,
+        budget: &Duration,
+        following: bool,
+    ) -> Partial {
         let response_headers: Vec<(String, String)> = resp
             .headers()
             .iter()
@@ -372,9 +440,9 @@ impl Sender {
                 )
             })
             .collect();
-        let content_length = resp.content_length();
+        let mut incoming = resp.into_body();
+        let content_length = incoming.size_hint().exact();
 
-        // 5. ...and on through the body, to its end or to the cap.
         let cap = self.body_cap;
         let mut body: Vec<u8> = Vec::new();
         let mut truncated = false;
@@ -386,9 +454,14 @@ impl Sender {
                     truncated = content_length != Some(body.len() as u64);
                     return Ok(());
                 }
-                match resp.chunk().await? {
+                match incoming.frame().await {
                     None => return Ok(()),
-                    Some(chunk) => {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(frame)) => {
+                        // Trailers are not kept.
+                        let Ok(chunk) = frame.into_data() else {
+                            continue;
+                        };
                         let room = cap - body.len();
                         if chunk.len() > room {
                             body.extend_from_slice(&chunk[..room]);
@@ -401,7 +474,11 @@ impl Sender {
             }
         })
         .await;
-        drop(resp);
+        // Read to its end: the connection can carry the next request.
+        // Otherwise dropping the body and the lease closes it.
+        if matches!(read, Ok(Ok(()))) && incoming.is_end_stream() {
+            lease.release();
+        }
 
         let mut partial = Partial {
             outcome: Outcome::Internal,
@@ -416,7 +493,7 @@ impl Sender {
                 partial.outcome = Outcome::BodyRead { status };
                 partial.error = Some(format!(
                     "deadline of {} ms passed while reading the response body ({} bytes read)",
-                    req.deadline.as_millis(),
+                    budget.as_millis(),
                     partial.response_body.len()
                 ));
             }
@@ -425,12 +502,12 @@ impl Sender {
                 partial.error = Some(format!(
                     "response body broke off after {} bytes: {}",
                     partial.response_body.len(),
-                    error_detail(e)
+                    SendError::Http(e)
                 ));
             }
             Ok(Ok(())) => {
                 let (outcome, error) =
-                    classify_status(status, &partial.response_headers, req.follow_redirects);
+                    classify_status(status, &partial.response_headers, following);
                 partial.outcome = outcome;
                 partial.error = error;
             }
@@ -486,7 +563,12 @@ fn validate_url(raw: &str) -> Result<Url, String> {
         }
     }
     match url.host_str() {
-        Some(h) if !h.is_empty() => {}
+        Some(h) if !h.is_empty() => {
+            // The WHATWG parser accepts hosts HTTP does not (`{{hostname}}`).
+            if h.parse::<hyper::http::uri::Authority>().is_err() {
+                return Err("URL host is not valid in HTTP".to_string());
+            }
+        }
         _ => return Err("URL has no host".to_string()),
     }
     Ok(url)
@@ -504,101 +586,144 @@ fn literal_ip(url: &Url) -> Option<IpAddr> {
     host.parse().ok()
 }
 
-/// Build the header map, appending in wire order. Errors name the header but
+/// The profile's headers, parsed and checked. Errors name the header but
 /// never show its value.
-fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid request header name `{}`", name.escape_debug()))?;
-        let v = HeaderValue::from_str(value)
-            .map_err(|_| format!("invalid value for request header `{n}`"))?;
-        map.append(n, v);
-    }
-    Ok(map)
-}
-
-/// Redirect policy for following clients: at most [`MAX_REDIRECT_HOPS`]
-/// hops; a hop to a non-http(s) URL stops (the 3xx is reported); a hop to a
-/// blocked IP literal is an error carrying [`BlockedDestination`]. Hops to
-/// names go through the guarded resolver like any request.
-fn following_policy(guard: Arc<Guard>) -> redirect::Policy {
-    redirect::Policy::custom(move |attempt| {
-        // `previous` holds the original URL plus every hop taken so far.
-        if attempt.previous().len() > MAX_REDIRECT_HOPS {
-            return attempt.stop();
-        }
-        let next = attempt.url();
-        if !matches!(next.scheme(), "http" | "https") || next.host_str().is_none() {
-            return attempt.stop();
-        }
-        if let Some(ip) = literal_ip(next) {
-            if let Err(blocked) = guard.check(&ip.to_string(), ip) {
-                return attempt.error(blocked);
+fn profile_headers(headers: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid request header name `{}`", name.escape_debug()))?;
+            if n == HOST || n == CONTENT_LENGTH || n == TRANSFER_ENCODING {
+                return Err(format!(
+                    "request header `{n}` is written by the transport, not the profile"
+                ));
             }
-        }
-        attempt.follow()
-    })
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| format!("invalid value for request header `{n}`"))?;
+            Ok((n, v))
+        })
+        .collect()
 }
 
-/// The guard's refusal, if it is somewhere in the error's chain (from the
-/// resolver or the redirect policy).
-fn find_blocked(e: &reqwest::Error) -> Option<&BlockedDestination> {
-    let mut src: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(b) = s.downcast_ref::<BlockedDestination>() {
-            return Some(b);
-        }
-        src = s.source();
-    }
-    None
+/// Headers whose meaning goes with the body, dropped with it on a
+/// 301/302/303 (Go, after the Fetch standard).
+fn is_body_header(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "content-type" | "content-encoding" | "content-language" | "content-location"
+    )
 }
 
-/// Classify an error from `execute` (no response head) by walking its
-/// `source()` chain.
-fn classify_error(e: &reqwest::Error) -> Outcome {
-    let mut reset = false;
-    let mut timed_out = false;
-    let mut src: Option<&(dyn StdError + 'static)> = Some(e);
-    if find_blocked(e).is_some() {
-        return Outcome::BlockedDestination;
-    }
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            match io.kind() {
-                io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof => reset = true,
-                io::ErrorKind::TimedOut => timed_out = true,
-                _ => {}
-            }
+/// Headers Go does not carry to a host outside the first request's domain.
+fn is_sensitive_header(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "authorization"
+            | "www-authenticate"
+            | "cookie"
+            | "cookie2"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
+
+/// One hop's request: method, headers in wire order (see the module
+/// documentation), body. The URI is set by the client.
+fn build_request(
+    url: &Url,
+    profile: &[(HeaderName, HeaderValue)],
+    hop: &Hop,
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut map = HeaderMap::with_capacity(profile.len() + 3);
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    let host =
+        HeaderValue::from_str(&host).map_err(|_| "the URL's host is not a valid Host header")?;
+    map.insert(HOST, host);
+    for (n, v) in profile {
+        if n == USER_AGENT {
+            map.append(n.clone(), v.clone());
         }
-        let text = s.to_string();
-        if text.contains("connection closed before message completed")
-            || text.contains("IncompleteMessage")
-            || text.contains("connection reset")
-        {
-            reset = true;
-        }
-        src = s.source();
     }
-    if e.is_connect() {
-        // Nothing was sent: refused, DNS failure, unreachable, TLS handshake.
-        Outcome::ConnectError
-    } else if reset {
-        Outcome::Reset
-    } else if timed_out || e.is_timeout() {
-        Outcome::Timeout
-    } else if e.is_builder() {
-        // reqwest refused the URL itself (e.g. a host hyper cannot use).
-        Outcome::InvalidUrl
-    } else if e.is_request() || e.is_body() || e.is_decode() {
-        // The connection failed before a valid response head: a response
-        // that is not HTTP, a failed request write. Retryable.
-        Outcome::Reset
+    if let Some(body) = &hop.body {
+        map.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let keep = |n: &HeaderName| {
+        let dropped_with_body = hop.body.is_none() && is_body_header(n);
+        let dropped_off_domain = hop.strip_sensitive && is_sensitive_header(n);
+        !dropped_with_body && !dropped_off_domain
+    };
+    let mut basic = if profile.iter().any(|(n, _)| n == AUTHORIZATION && keep(n)) {
+        None
     } else {
-        Outcome::Internal
+        client::basic_auth(url)
+    };
+    for (n, v) in profile {
+        if n == USER_AGENT || !keep(n) {
+            continue;
+        }
+        if basic.is_some() && n.as_str() > AUTHORIZATION.as_str() {
+            append_basic(&mut map, basic.take())?;
+        }
+        map.append(n.clone(), v.clone());
+    }
+    append_basic(&mut map, basic)?;
+
+    let mut request = Request::new(Full::new(hop.body.clone().unwrap_or_default()));
+    *request.method_mut() = hop.method.clone();
+    *request.headers_mut() = map;
+    Ok(request)
+}
+
+fn append_basic(map: &mut HeaderMap, basic: Option<String>) -> Result<(), String> {
+    if let Some(b) = basic {
+        let v = HeaderValue::from_str(&b).map_err(|_| "the URL's userinfo is not usable")?;
+        map.append(AUTHORIZATION, v);
+    }
+    Ok(())
+}
+
+/// The next hop's URL, when the 3xx names a usable one: a Location that
+/// resolves against `url` to an http(s) URL with a host.
+fn next_hop(url: &Url, headers: &HeaderMap) -> Option<Url> {
+    let location = headers.get(LOCATION)?.to_str().ok()?;
+    let next = url.join(location).ok()?;
+    match (next.scheme(), next.host_str()) {
+        ("http" | "https", Some(h)) if !h.is_empty() => Some(next),
+        _ => None,
+    }
+}
+
+/// Go's `isDomainOrSubdomain`: `sub` is `parent` or ends in `.parent`.
+fn is_domain_or_subdomain(sub: &str, parent: &str) -> bool {
+    if sub == parent {
+        return true;
+    }
+    // An IPv6 literal (or zone) is never a subdomain.
+    if sub.contains([':', '%']) {
+        return false;
+    }
+    sub.len() > parent.len()
+        && sub.ends_with(parent)
+        && sub.as_bytes()[sub.len() - parent.len() - 1] == b'.'
+}
+
+/// The outcome for a request that got no response head.
+fn classify_send_error(e: &SendError) -> Outcome {
+    match e {
+        SendError::Blocked(_) => Outcome::BlockedDestination,
+        // Refused, DNS failure, unreachable, TLS handshake, the proxy's
+        // refusal: nothing was sent.
+        SendError::Connect(_) => Outcome::ConnectError,
+        SendError::Target => Outcome::InvalidUrl,
+        // hyper refused what we gave it: our side.
+        SendError::Http(e) if e.is_user() => Outcome::Internal,
+        // The connection failed before a valid response head: reset,
+        // closed, a response that is not HTTP. Retryable.
+        SendError::Http(_) => Outcome::Reset,
     }
 }
 
@@ -614,7 +739,7 @@ fn classify_status(
             .find(|(k, _)| k.eq_ignore_ascii_case(name.as_str()))
             .map(|(_, v)| v.as_str())
     };
-    let reason = reqwest::StatusCode::from_u16(status)
+    let reason = StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .map(|r| format!(" {r}"))
@@ -665,21 +790,6 @@ pub fn parse_retry_after(value: &str, date: Option<&str>, now: SystemTime) -> Op
         .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
         .unwrap_or(now);
     Some(at.duration_since(base).unwrap_or(Duration::ZERO))
-}
-
-/// The error's chain as one line, without reqwest's URL and without repeats.
-fn error_detail(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut parts: Vec<String> = Vec::new();
-    let mut src: Option<&(dyn StdError + 'static)> = Some(&e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -874,17 +984,178 @@ mod tests {
 
     #[test]
     fn header_errors_never_show_values() {
-        let err = header_map(&[("x-signature".into(), "v1,secret\nvalue".into())]).unwrap_err();
+        let err =
+            profile_headers(&[("x-signature".into(), "v1,secret\nvalue".into())]).unwrap_err();
         assert!(err.contains("x-signature"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = header_map(&[("bad name".into(), "v".into())]).unwrap_err();
+        let err = profile_headers(&[("bad name".into(), "v".into())]).unwrap_err();
         assert!(err.contains("bad name"), "{err}");
-        let map = header_map(&[
-            ("X-B".into(), "1".into()),
-            ("x-a".into(), "2".into()),
-            ("x-b".into(), "3".into()),
-        ])
-        .unwrap();
-        assert_eq!(map.get_all("x-b").iter().count(), 2);
+        for transport in ["Host", "content-length", "Transfer-Encoding"] {
+            let err = profile_headers(&[(transport.into(), "1".into())]).unwrap_err();
+            assert!(err.contains("transport"), "{err}");
+        }
+    }
+
+    fn wire(url: &str, headers: &[(&str, &str)], hop: &Hop) -> Vec<(String, String)> {
+        let owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let parsed = profile_headers(&owned).unwrap();
+        let req = build_request(&Url::parse(url).unwrap(), &parsed, hop).unwrap();
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    fn post(body: &'static [u8]) -> Hop {
+        Hop {
+            method: Method::POST,
+            body: Some(Bytes::from_static(body)),
+            strip_sensitive: false,
+        }
+    }
+
+    /// What the legacy profile hands over (`Profile::wire_headers`).
+    const LEGACY: &[(&str, &str)] = &[
+        ("User-Agent", "Go-http-client/1.1"),
+        ("Content-Type", "application/json"),
+        ("X-Event-Id", "evt_1"),
+        ("X-Signature", "sig"),
+        ("X-Timestamp", "1"),
+        ("Accept-Encoding", "gzip"),
+    ];
+
+    fn names(w: &[(String, String)]) -> Vec<&str> {
+        w.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn wire_order_is_go_s() {
+        let w = wire("http://example.com:8080/hook", LEGACY, &post(b"{}"));
+        assert_eq!(
+            names(&w),
+            [
+                "host",
+                "user-agent",
+                "content-length",
+                "content-type",
+                "x-event-id",
+                "x-signature",
+                "x-timestamp",
+                "accept-encoding"
+            ]
+        );
+        assert_eq!(w[0].1, "example.com:8080");
+        assert_eq!(w[2].1, "2");
+        // A default port is not written; no Accept ever.
+        let w = wire("https://example.com/", &[("x-a", "1")], &post(b""));
+        assert_eq!(
+            w,
+            [
+                ("host".to_string(), "example.com".to_string()),
+                ("content-length".to_string(), "0".to_string()),
+                ("x-a".to_string(), "1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn userinfo_basic_auth_goes_in_its_sorted_place() {
+        let w = wire("http://u:p@example.com/", LEGACY, &post(b"{}"));
+        assert_eq!(
+            &names(&w)[..5],
+            [
+                "host",
+                "user-agent",
+                "content-length",
+                "authorization",
+                "content-type"
+            ]
+        );
+        assert_eq!(w[3].1, "Basic dTpw");
+        // The profile's own Authorization wins.
+        let w = wire(
+            "http://u:p@example.com/",
+            &[("Authorization", "Bearer t")],
+            &post(b""),
+        );
+        assert_eq!(
+            w.iter().filter(|(n, _)| n == "authorization").count(),
+            1,
+            "{w:?}"
+        );
+        assert_eq!(w[2].1, "Bearer t");
+    }
+
+    #[test]
+    fn redirect_hops_drop_body_and_sensitive_headers_as_go_does() {
+        let headers = &[
+            ("User-Agent", "ua"),
+            ("Authorization", "Bearer t"),
+            ("Content-Type", "application/json"),
+            ("Cookie", "c=1"),
+            ("X-Event-Id", "e"),
+        ];
+        let get = Hop {
+            method: Method::GET,
+            body: None,
+            strip_sensitive: false,
+        };
+        let w = wire("http://example.com/", headers, &get);
+        assert_eq!(
+            names(&w),
+            [
+                "host",
+                "user-agent",
+                "authorization",
+                "cookie",
+                "x-event-id"
+            ]
+        );
+        let elsewhere = Hop {
+            strip_sensitive: true,
+            ..post(b"{}")
+        };
+        let w = wire("http://example.com/", headers, &elsewhere);
+        assert_eq!(
+            names(&w),
+            [
+                "host",
+                "user-agent",
+                "content-length",
+                "content-type",
+                "x-event-id"
+            ]
+        );
+
+        assert!(is_domain_or_subdomain("example.com", "example.com"));
+        assert!(is_domain_or_subdomain("hooks.example.com", "example.com"));
+        assert!(!is_domain_or_subdomain("badexample.com", "example.com"));
+        assert!(!is_domain_or_subdomain("example.com", "hooks.example.com"));
+        assert!(!is_domain_or_subdomain("[::1]", "1]"));
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let base = Url::parse("http://u:p@example.com/a/b").unwrap();
+        let loc = |l: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(LOCATION, HeaderValue::from_str(l).unwrap());
+            next_hop(&base, &h).map(|u| u.to_string())
+        };
+        assert_eq!(
+            loc("/target").as_deref(),
+            Some("http://u:p@example.com/target")
+        );
+        assert_eq!(loc("c").as_deref(), Some("http://u:p@example.com/a/c"));
+        assert_eq!(
+            loc("https://other.example/x").as_deref(),
+            Some("https://other.example/x")
+        );
+        assert_eq!(loc("ftp://other.example/x"), None);
+        assert_eq!(loc("mailto:a@example.com"), None);
+        assert_eq!(next_hop(&base, &HeaderMap::new()), None);
     }
 }

@@ -3,12 +3,14 @@
 //! Endpoint URLs are supplied by customers, so a delivery must never be a way
 //! to reach the engine's own network: loopback, private ranges, link-local
 //! (and with it the cloud metadata service), and so on. The guard is applied
-//! at the one place every connection goes through: [`GuardedResolver`] is
-//! reqwest's DNS resolver, it resolves a name once and hands reqwest only the
-//! addresses that passed, so the connection is made to an address that was
-//! checked (no check-then-resolve-again window for DNS rebinding). URLs whose
-//! host is an IP literal never reach a resolver; `delivery::http` checks those
-//! itself, both for the first request and for every redirect hop.
+//! at the one place every connection goes through: `delivery::client` dials
+//! names only through [`GuardedResolver::resolve_host`], which resolves a
+//! name once and hands back only the addresses that passed, so the
+//! connection is made to an address that was checked (no
+//! check-then-resolve-again window for DNS rebinding). URLs whose host is an
+//! IP literal never reach a resolver; `delivery::http` checks those itself,
+//! both for the first request and for every redirect hop (and the client
+//! checks them again when dialling).
 //!
 //! An operator can open ranges again with `allow_cidrs` (tests use
 //! `127.0.0.0/8`; an on-premises install may need a private range). An
@@ -16,10 +18,8 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Whether `ip` is in a range deliveries must not reach (before any
 /// allow-list is applied).
@@ -169,9 +169,9 @@ impl Guard {
     }
 }
 
-/// A destination refused by the guard. Recognisable in an error's `source()`
-/// chain (reqwest wraps resolver and redirect-policy errors), which is how
-/// `delivery::http` tells it from an ordinary connect error.
+/// A destination refused by the guard. A distinct error type (also inside a
+/// boxed error from the resolver), which is how `delivery::http` tells it
+/// from an ordinary connect error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockedDestination {
     /// The host as written in the URL.
@@ -199,22 +199,15 @@ impl fmt::Display for BlockedDestination {
 
 impl std::error::Error for BlockedDestination {}
 
-/// reqwest's DNS resolver for deliveries: resolves once with the system
-/// resolver and passes on only the addresses the guard permits. If the name
-/// resolved but every address was refused, the error is a
-/// [`BlockedDestination`].
-#[derive(Debug, Clone)]
-pub struct GuardedResolver {
-    guard: Arc<Guard>,
-}
+/// The DNS resolver for deliveries: resolves once with the system resolver
+/// and passes on only the addresses the guard permits. If the name resolved
+/// but every address was refused, the error is a [`BlockedDestination`].
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedResolver;
 
 impl GuardedResolver {
-    pub fn new(guard: Arc<Guard>) -> GuardedResolver {
-        GuardedResolver { guard }
-    }
-
-    /// Resolve `host` and keep the permitted addresses (port 0: reqwest puts
-    /// in the URL's port).
+    /// Resolve `host` and keep the permitted addresses (port 0: the caller
+    /// puts in the URL's port).
     pub async fn resolve_host(
         guard: &Guard,
         host: &str,
@@ -235,17 +228,6 @@ impl GuardedResolver {
             tracing::debug!(host, refused = ?refused, "dropped blocked addresses");
         }
         Ok(allowed)
-    }
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let addrs = GuardedResolver::resolve_host(&guard, name.as_str()).await?;
-            let it: Addrs = Box::new(addrs.into_iter());
-            Ok(it)
-        })
     }
 }
 
