@@ -9,19 +9,26 @@
 //! is queued into one transaction, so the proxy's hot path never waits on
 //! disk more than one commit: [`CaptureStore::insert_egress`] resolves once
 //! the row is committed (callers answer their client first, then await it,
-//! then count it in metrics), [`CaptureStore::offer_ingress`] never waits
-//! at all (a full queue drops the row and says so). Ramp changes are written
-//! directly: they are rare and the caller must know they are durable.
+//! then count it in metrics), [`CaptureStore::queue_ingress`] waits only for
+//! room in the writer's bounded queue, and [`CaptureStore::offer_ingress`]
+//! never waits at all (a full queue drops the row and says so; the caller
+//! counts it). Rows the writer could not commit are counted too
+//! ([`CaptureStats`]), so no row is lost without a trace in `/metrics`.
+//! Ramp changes are written directly: they are rare and the caller must
+//! know they are durable.
 //!
 //! [`export_jsonl`] writes every row as one JSON object per line.
 
 use base64::Engine as _;
+use bytes::Bytes;
 use futures::TryStreamExt as _;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -125,18 +132,19 @@ pub struct IngressRecord {
     pub method: String,
     pub path: String,
     pub request_headers: Vec<(String, String)>,
-    pub request_body: Vec<u8>,
+    /// The body as forwarded (shared with the requests that sent it).
+    pub request_body: Bytes,
     pub event_id: Option<String>,
     pub injected_id: bool,
     pub primary_sender: &'static str,
     pub primary_status: Option<i64>,
     pub primary_headers: Option<Vec<(String, String)>>,
-    pub primary_body: Option<Vec<u8>>,
+    pub primary_body: Option<Bytes>,
     pub primary_latency_us: i64,
     pub primary_error: Option<String>,
     pub shadow_status: Option<i64>,
     pub shadow_headers: Option<Vec<(String, String)>>,
-    pub shadow_body: Option<Vec<u8>>,
+    pub shadow_body: Option<Bytes>,
     pub shadow_latency_us: Option<i64>,
     pub shadow_error: Option<String>,
     pub at: i64,
@@ -179,11 +187,23 @@ macro_rules! with_pool {
     };
 }
 
+/// What the writer has done, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Rows committed.
+    pub written: AtomicU64,
+    /// Rows the writer failed to commit (after one retry); logged too.
+    pub failed: AtomicU64,
+    /// Transactions committed.
+    pub batches: AtomicU64,
+}
+
 /// The capture store. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct CaptureStore {
     backend: Backend,
     tx: mpsc::Sender<Job>,
+    stats: Arc<CaptureStats>,
 }
 
 impl std::fmt::Debug for CaptureStore {
@@ -246,8 +266,19 @@ impl CaptureStore {
             }
         });
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        tokio::spawn(writer(backend.clone(), rx));
-        Ok(CaptureStore { backend, tx })
+        let stats = Arc::new(CaptureStats::default());
+        tokio::spawn(writer(backend.clone(), rx, stats.clone()));
+        Ok(CaptureStore { backend, tx, stats })
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &CaptureStats {
+        &self.stats
+    }
+
+    /// Rows waiting for the writer now.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Records an egress exchange; resolves once it is committed.
@@ -260,8 +291,20 @@ impl CaptureStore {
         self.submit(Write::Ingress(Box::new(rec))).await
     }
 
+    /// Queues an ingress exchange for the writer, waiting only while its
+    /// queue is full, not for the commit.
+    pub async fn queue_ingress(&self, rec: IngressRecord) -> Result<()> {
+        self.tx
+            .send(Job {
+                write: Write::Ingress(Box::new(rec)),
+                done: None,
+            })
+            .await
+            .map_err(|_| CaptureError::WriterGone)
+    }
+
     /// Queues an ingress exchange without waiting. Returns false (the row is
-    /// lost) when the writer's queue is full.
+    /// lost; the caller counts it) when the writer's queue is full.
     pub fn offer_ingress(&self, rec: IngressRecord) -> bool {
         self.tx
             .try_send(Job {
@@ -536,7 +579,7 @@ fn headers_json(h: &[(String, String)]) -> String {
 
 /// The writer: takes one job, drains whatever else is queued (up to
 /// [`MAX_BATCH`]), commits them in one transaction, then acknowledges each.
-async fn writer(backend: Backend, mut rx: mpsc::Receiver<Job>) {
+async fn writer(backend: Backend, mut rx: mpsc::Receiver<Job>, stats: Arc<CaptureStats>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -553,8 +596,18 @@ async fn writer(backend: Backend, mut rx: mpsc::Receiver<Job>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             result = write_batch(&backend, &batch).await;
         }
+        let rows = batch.len() as u64;
+        match &result {
+            Ok(()) => {
+                stats.written.fetch_add(rows, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                stats.failed.fetch_add(rows, Ordering::Relaxed);
+            }
+        }
         let outcome = result.map_err(|e| {
-            tracing::error!(error = %e, rows = batch.len(), "capture write failed");
+            tracing::error!(error = %e, rows, "capture write failed");
             e.to_string()
         });
         for job in batch.drain(..) {
@@ -609,18 +662,18 @@ async fn write_batch(backend: &Backend, batch: &[Job]) -> std::result::Result<()
                     .bind(&r.method)
                     .bind(&r.path)
                     .bind(headers_json(&r.request_headers))
-                    .bind(&r.request_body)
+                    .bind(r.request_body.as_ref())
                     .bind(&r.event_id)
                     .bind(r.injected_id as i64)
                     .bind(r.primary_sender)
                     .bind(r.primary_status)
                     .bind(r.primary_headers.as_deref().map(headers_json))
-                    .bind(&r.primary_body)
+                    .bind(r.primary_body.as_deref())
                     .bind(r.primary_latency_us)
                     .bind(&r.primary_error)
                     .bind(r.shadow_status)
                     .bind(r.shadow_headers.as_deref().map(headers_json))
-                    .bind(&r.shadow_body)
+                    .bind(r.shadow_body.as_deref())
                     .bind(r.shadow_latency_us)
                     .bind(&r.shadow_error)
                     .bind(r.at)
@@ -700,7 +753,7 @@ mod tests {
                     method: "POST".into(),
                     path: "/v1/events".into(),
                     primary_sender: "legacy",
-                    request_body: b"{}".to_vec(),
+                    request_body: Bytes::from_static(b"{}"),
                     shadow_error: Some("dropped: queue full".into()),
                     ..IngressRecord::default()
                 })
