@@ -185,7 +185,10 @@ fn a_broken_expectation_fails_the_run() {
     let (out, s, _cleanup) = run(&file, "broken-expectation");
     assert!(!out.status.success(), "must fail: {}", explain(&out));
     let s = s.unwrap_or_else(|| {
-        panic!("a report is written even when the verdict fails: {}", explain(&out))
+        panic!(
+            "a report is written even when the verdict fails: {}",
+            explain(&out)
+        )
     });
     assert_eq!(s["verdict"]["passed"], false);
     let st = expectation(&s, "state_transition");
