@@ -142,11 +142,11 @@ impl Upstream {
         } else {
             format!("{}{path_and_query}", self.prefix).parse()?
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
-            .build()?)
+            .build()
     }
 }
 
