@@ -116,10 +116,9 @@ impl Upstream {
             Some(v)
         };
         let host = url.host_str().ok_or_else(|| err("no host".into()))?;
+        // `host_str` keeps an IPv6 address's brackets.
         let authority = match url.port() {
-            Some(p) if host.contains(':') => format!("[{host}]:{p}"),
             Some(p) => format!("{host}:{p}"),
-            None if host.contains(':') => format!("[{host}]"),
             None => host.to_string(),
         };
         Ok(Upstream {
@@ -150,6 +149,7 @@ impl Upstream {
     }
 }
 
+/// Decodes `%XX` escapes (URL user names and passwords).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -545,6 +545,23 @@ async fn handle(State(ing): State<Arc<Ingress>>, req: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstreams_keep_the_base_path_and_turn_credentials_into_basic_auth() {
+        let u =
+            Upstream::parse(SenderName::Legacy, "http://user:p%40ss@127.0.0.1:8080/api").unwrap();
+        assert_eq!(
+            u.uri("/v1/events?x=1").unwrap().to_string(),
+            "http://127.0.0.1:8080/api/v1/events?x=1"
+        );
+        let token = base64::engine::general_purpose::STANDARD.encode("user:p@ss");
+        assert_eq!(u.basic_auth.unwrap(), format!("Basic {token}").as_str());
+        let u = Upstream::parse(SenderName::Engine, "https://[::1]").unwrap();
+        assert_eq!(u.uri("/").unwrap().to_string(), "https://[::1]/");
+        assert!(u.basic_auth.is_none());
+        let u = Upstream::parse(SenderName::Engine, "http://[::1]:9000").unwrap();
+        assert_eq!(u.uri("/a").unwrap().to_string(), "http://[::1]:9000/a");
+    }
 
     #[test]
     fn an_id_is_spliced_in_and_the_rest_of_the_bytes_kept() {
