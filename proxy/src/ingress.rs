@@ -81,6 +81,30 @@ pub enum IngressError {
     /// TLS could not be set up for https upstreams.
     #[error("setting up TLS for the ingress client: {0}")]
     Tls(#[from] rustls::Error),
+    /// The mirror leg's thread or runtime could not be started.
+    #[error("starting the mirror thread: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A pooled keep-alive client for sender APIs (http or https).
+fn http_client() -> Result<HttpClient, IngressError> {
+    let mut http = HttpConnector::new();
+    // Requests and answers are small: no Nagle delay on either leg.
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            // Enough idle connections for every producer connection and
+            // every mirror worker, so steady load never reconnects.
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https),
+    )
 }
 
 /// A sender's API base URL, split once so that each request only joins its
@@ -200,38 +224,44 @@ impl Ingress {
         let primary = cfg.api_primary;
         let primary_api = Upstream::parse(primary, &cfg.sender(primary).api)?;
         let shadow_api = Upstream::parse(primary.other(), &cfg.sender(primary.other()).api)?;
-        let mut http = HttpConnector::new();
-        // Requests and answers are small: no Nagle delay on either leg.
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            // Enough idle connections for every producer connection and
-            // every mirror worker, so steady load never reconnects.
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+        let client = http_client()?;
         let (tx, rx) = mpsc::channel::<MirrorJob>(cfg.queue_bound);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..cfg.mirror_workers {
-            let rx = rx.clone();
-            let client = client.clone();
-            let store = store.clone();
-            let metrics = metrics.clone();
-            let timeout = cfg.shadow_timeout;
-            tokio::spawn(async move {
-                loop {
-                    // Holding the lock only while waiting for the next job.
-                    let job = { rx.lock().await.recv().await };
-                    let Some(job) = job else { return };
-                    mirror(&client, timeout, &store, &metrics, job).await;
-                }
-            });
-        }
+        // The mirror leg runs on its own thread and runtime, with its own
+        // connection pool: its tasks never queue in front of a primary
+        // request on the ingress's workers, and the kernel shares the CPU
+        // between the two legs instead.
+        let mirror_client = http_client()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(IngressError::Runtime)?;
+        let (workers, timeout) = (cfg.mirror_workers, cfg.shadow_timeout);
+        let (store2, metrics2) = (store.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("hookshift-mirror".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..workers {
+                        let rx = rx.clone();
+                        let client = mirror_client.clone();
+                        let store = store2.clone();
+                        let metrics = metrics2.clone();
+                        set.spawn(async move {
+                            loop {
+                                // Holding the lock only while waiting for the next job.
+                                let job = { rx.lock().await.recv().await };
+                                let Some(job) = job else { return };
+                                mirror(&client, timeout, &store, &metrics, job).await;
+                            }
+                        });
+                    }
+                    // Ends once the ingress is dropped and the queue drained.
+                    while set.join_next().await.is_some() {}
+                })
+            })
+            .map_err(IngressError::Runtime)?;
         Ok(Arc::new(Ingress {
             cfg,
             store,
