@@ -1,38 +1,59 @@
 #!/usr/bin/env bash
 # Ingress benchmark for the tee proxy: throughput and p99 latency of
 # POST /v1/events (no id, so the proxy injects one) through
-#   direct            wrk -> primary upstream
-#   nginx             wrk -> nginx proxy_pass -> primary            (no mirror)
-#   nginx-mirror      wrk -> nginx proxy_pass + `mirror` -> primary, shadow
-#   hookshift         wrk -> hookshift ingress -> primary, mirror -> shadow
+#   direct            client -> primary upstream
+#   nginx             client -> nginx proxy_pass -> primary            (no mirror)
+#   nginx-mirror      client -> nginx proxy_pass + `mirror` -> primary, shadow
+#   hookshift         client -> hookshift ingress -> primary, mirror -> shadow
 #                     (and with ingress.mirror = false, the no-mirror baseline)
-# and the last two again with a shadow that accepts connections and never
-# answers. The two upstreams are one nginx (`return 202`), so every proxy is
-# measured against the same upstreams on the same machine.
+# and the mirroring ones again with a shadow that accepts connections and
+# never answers. The two upstreams are one nginx (`return 202`), so every
+# proxy is measured against the same upstreams on the same machine.
 #
-# Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light) and
-# python3 (free ports, the hanging shadow).
+# Two measurements per target:
+# - throughput: wrk as fast as the target answers (req/s, and the p99 at
+#   that rate, which is mostly queueing in wrk's own connections);
+# - latency at a fixed rate: proxy/examples/fixed_rate.rs sends RATE
+#   requests/s (5,000 by default) open-loop and measures each request from
+#   its due time, as wrk2 would (wrk2 is not packaged by Debian). "added
+#   p99" is a target's p99 at RATE minus the direct path's p99 at RATE.
 #
-#   scripts/bench-proxy.sh                      # 10 s per run, 32 connections
-#   DURATION=30s CONNECTIONS=64 scripts/bench-proxy.sh
+# Fairness: every server is started before the first measurement and stays
+# up, and each round measures every target once, in turn, so a slow spell
+# on this shared machine (other builds) hits all targets rather than one;
+# the table shows each target's median over ROUNDS rounds. Every proxy
+# shares the same cores with the client and the upstreams: nginx with
+# worker_processes auto (one per core), hookshift with tokio's default (one
+# worker per core).
 #
-# wrk drives each target as fast as it answers, so the p99 printed is the
-# p99 at the throughput printed; when that throughput is at or above 5,000
-# requests/s it bounds the p99 at 5,000 requests/s from above.
+# Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light), python3
+# (free ports, the hanging shadow) and cargo (builds hookshift and the
+# fixed-rate client in release mode when they are missing).
+#
+#   scripts/bench-proxy.sh                        # 3 rounds, 10 s runs, 32 wrk connections
+#   ROUNDS=5 DURATION=20s CONNECTIONS=64 RATE=5000 scripts/bench-proxy.sh
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
+RATE=${RATE:-5000}
+RATE_CONNECTIONS=${RATE_CONNECTIONS:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${HOOKSHIFT_BIN:-$ROOT/target/release/hookshift}
+LOADGEN=${LOADGEN_BIN:-$ROOT/target/release/examples/fixed_rate}
 
-for tool in wrk nginx python3; do
-    command -v "$tool" >/dev/null || { echo "bench-proxy: $tool not found (apt-get install -y wrk nginx-light python3)" >&2; exit 1; }
+for tool in wrk nginx python3 curl; do
+    command -v "$tool" >/dev/null || { echo "bench-proxy: $tool not found (apt-get install -y wrk nginx-light python3 curl)" >&2; exit 1; }
 done
 if [ ! -x "$BIN" ]; then
     echo "bench-proxy: building $BIN (cargo build --release -p hookshift)" >&2
     (cd "$ROOT" && cargo build --release -p hookshift)
+fi
+if [ ! -x "$LOADGEN" ]; then
+    echo "bench-proxy: building $LOADGEN (cargo build --release -p proxy --example fixed_rate)" >&2
+    (cd "$ROOT" && cargo build --release -p proxy --example fixed_rate)
 fi
 
 W=$(mktemp -d)
@@ -107,29 +128,17 @@ python3 "$W/hang.py" &
 PIDS+=($!)
 wait_port "$HANG"
 
-cat > "$W/post.lua" <<'EOF'
+BODY='{"type":"order.created","payload":{"order":42,"note":"bench"}}'
+cat > "$W/post.lua" <<EOF
 wrk.method = "POST"
-wrk.body = '{"type":"order.created","payload":{"order":42,"note":"bench"}}'
+wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 
-RESULTS="$W/results"
-: > "$RESULTS"
-# Runs wrk against $2 and appends "name rps p99_ms non2xx".
-measure() {
-    local name=$1 url=$2 out="$W/wrk-${1//\//_}.txt"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$W/post.lua" "$url/v1/events" > "$out"
-    local rps p99 non2xx
-    rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
-    p99=$(awk '$1 == "99%" { v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v }' "$out")
-    non2xx=$(awk '/Non-2xx/ {print $5}' "$out"); non2xx=${non2xx:-0}
-    echo "$name $rps $p99 $non2xx" >> "$RESULTS"
-    printf '  %-28s %10.0f req/s   p99 %8.3f ms   non-2xx %s\n' "$name" "$rps" "$p99" "$non2xx" >&2
-}
-
-echo "bench-proxy: $DURATION per run, $CONNECTIONS connections, $THREADS wrk threads, $(nproc) cores" >&2
-
-measure direct "http://127.0.0.1:$PRIMARY"
+# Every target is started now: "name url" lines in measuring order.
+TARGETS="$W/targets"
+: > "$TARGETS"
+echo "direct http://127.0.0.1:$PRIMARY" >> "$TARGETS"
 
 NG=$(port)
 nginx_conf nginx "
@@ -137,14 +146,15 @@ nginx_conf nginx "
     server { listen 127.0.0.1:$NG;
         location / { proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://primary; } }"
 start_nginx nginx "$NG"
-measure nginx "http://127.0.0.1:$NG"
+echo "nginx http://127.0.0.1:$NG" >> "$TARGETS"
 
+ADMINS=()
 for shadow in off mirror hanging; do
     SP=$SHADOW; [ "$shadow" = hanging ] && SP=$HANG
     MIRROR=true; [ "$shadow" = off ] && MIRROR=false
-    NM=$(port)
     if [ "$shadow" != off ]; then
-    nginx_conf "nginx-$shadow" "
+        NM=$(port)
+        nginx_conf "nginx-$shadow" "
     upstream primary { server 127.0.0.1:$PRIMARY; keepalive 128; }
     upstream shadow { server 127.0.0.1:$SP; keepalive 128; }
     server { listen 127.0.0.1:$NM;
@@ -154,8 +164,8 @@ for shadow in off mirror hanging; do
             proxy_http_version 1.1; proxy_set_header Connection \"\";
             proxy_connect_timeout 1s; proxy_read_timeout 10s; proxy_send_timeout 10s;
             proxy_pass http://shadow\$request_uri; } }"
-    start_nginx "nginx-$shadow" "$NM"
-    measure "nginx-mirror/shadow-$shadow" "http://127.0.0.1:$NM"
+        start_nginx "nginx-$shadow" "$NM"
+        echo "nginx-mirror/shadow-$shadow http://127.0.0.1:$NM" >> "$TARGETS"
     fi
 
     IN=$(port); EL=$(port); EE=$(port); AD=$(port)
@@ -181,25 +191,80 @@ EOF
     RUST_LOG=warn "$BIN" proxy serve --config "$W/hs-$shadow/proxy.toml" > "$W/hs-$shadow/out" 2> "$W/hs-$shadow/err" &
     PIDS+=($!)
     wait_port "$IN"
-    measure "hookshift/shadow-$shadow" "http://127.0.0.1:$IN"
-    curl -s "http://127.0.0.1:$AD/metrics" | grep -E '^hookshift_proxy_(mirrored|mirror_dropped|shadow_errors|capture_dropped)_total' | sed 's/^/    /' >&2 || true
+    echo "hookshift/shadow-$shadow http://127.0.0.1:$IN" >> "$TARGETS"
+    ADMINS+=("hookshift/shadow-$shadow=http://127.0.0.1:$AD")
 done
 
+RESULTS="$W/results" # round name rps wrk_p99_ms non2xx
+FIXED="$W/fixed"     # round name p99_ms ok late errors
+: > "$RESULTS"
+: > "$FIXED"
+
+# wrk as fast as the target answers.
+measure() { # round, name, url
+    local round=$1 name=$2 url=$3 out="$W/wrk-${2//\//_}-$1.txt"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$W/post.lua" "$url/v1/events" > "$out"
+    local rps p99 non2xx
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
+    p99=$(awk '$1 == "99%" { v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v }' "$out")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$out")
+    non2xx=${non2xx:-0}
+    echo "$round $name $rps $p99 $non2xx" >> "$RESULTS"
+    printf '  round %s  %-28s %10.0f req/s   p99 %8.3f ms   non-2xx %s\n' "$round" "$name" "$rps" "$p99" "$non2xx" >&2
+}
+
+# The fixed-rate client at $RATE requests/s.
+measure_fixed() { # round, name, url
+    local round=$1 name=$2 url=$3 line
+    line=$("$LOADGEN" --url "$url/v1/events" --rate "$RATE" --duration "${DURATION%s}" \
+        --connections "$RATE_CONNECTIONS" --body "$BODY")
+    field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<< "$line"; }
+    echo "$round $name $(field p99_ms) $(field ok) $(field late) $(field errors)" >> "$FIXED"
+    printf '  round %s  %-28s %s\n' "$round" "$name" "$line" >&2
+}
+
+echo "bench-proxy: $ROUNDS rounds; wrk $DURATION, $CONNECTIONS connections, $THREADS threads; fixed rate $RATE req/s over $RATE_CONNECTIONS connections for $DURATION; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for round in $(seq "$ROUNDS"); do
+    while read -r name url; do measure "$round" "$name" "$url"; done < "$TARGETS"
+    while read -r name url; do measure_fixed "$round" "$name" "$url"; done < "$TARGETS"
+done
+echo "bench-proxy: done; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for a in "${ADMINS[@]}"; do
+    echo "  ${a%%=*}:" >&2
+    curl -s "${a#*=}/metrics" | grep -E '^hookshift_proxy_[a-z_]+(_total|_depth) ' | sed 's/^/    /' >&2 || true
+done
+
+# Each target's medians over the rounds, in measuring order.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+SUMMARY="$W/summary" # name rps wrk_p99 fixed_p99 late
+: > "$SUMMARY"
+while read -r name _; do
+    rps=$(awk -v n="$name" '$2 == n { print $3 }' "$RESULTS" | median)
+    wp99=$(awk -v n="$name" '$2 == n { print $4 }' "$RESULTS" | median)
+    fp99=$(awk -v n="$name" '$2 == n { print $3 }' "$FIXED" | median)
+    late=$(awk -v n="$name" '$2 == n { s += $5 } END { print s + 0 }' "$FIXED")
+    echo "$name $rps $wp99 $fp99 $late" >> "$SUMMARY"
+done < "$TARGETS"
+
 echo
-echo "| target | requests/s | p99 ms | added p99 ms (vs direct) |"
-echo "|---|---:|---:|---:|"
-read -r _ _ DIRECT_P99 _ < <(grep '^direct ' "$RESULTS")
-while read -r name rps p99 non2xx; do
-    added=$(awk -v a="$p99" -v b="$DIRECT_P99" 'BEGIN { printf "%.3f", a - b }')
-    printf '| %s | %.0f | %.3f | %s |\n' "$name" "$rps" "$p99" "$added"
-done < "$RESULTS"
-awk '
-    $1 == "nginx" { base = $2 }
+echo "Medians of $ROUNDS rounds; wrk: $CONNECTIONS connections, $DURATION; fixed rate: $RATE req/s, $RATE_CONNECTIONS connections, $DURATION."
+echo
+echo "| target | requests/s (wrk) | p99 ms (wrk) | p99 ms at $RATE req/s | added p99 ms at $RATE req/s |"
+echo "|---|---:|---:|---:|---:|"
+read -r _ _ _ DIRECT_FP99 _ < <(grep '^direct ' "$SUMMARY")
+while read -r name rps wp99 fp99 late; do
+    added=$(awk -v a="$fp99" -v b="$DIRECT_FP99" 'BEGIN { printf "%.3f", a - b }')
+    note=""
+    [ "$late" != 0 ] && note=" ($late late)"
+    printf '| %s | %.0f | %.3f | %.3f%s | %s |\n' "$name" "$rps" "$wp99" "$fp99" "$note" "$added"
+done < "$SUMMARY"
+awk -v rate="$RATE" -v direct="$DIRECT_FP99" '
     $1 == "nginx-mirror/shadow-mirror" { ngm = $2 }
-    $1 == "hookshift/shadow-mirror" { hs = $2 }
-    $1 == "hookshift/shadow-hanging" { hh = $2 }
+    $1 == "hookshift/shadow-mirror" { hs = $2; hsp = $4 }
+    $1 == "hookshift/shadow-hanging" { hh = $2; hhp = $4 }
     $1 == "hookshift/shadow-off" { hoff = $2 }
     END {
-        printf "\nhookshift throughput vs nginx mirror: %.2fx (target >= 1)\n", hs / ngm
+        printf "\nadded p99 at %d req/s, hookshift mirroring: %.3f ms; with a hanging shadow: %.3f ms (target < 1 ms)\n", rate, hsp - direct, hhp - direct
+        printf "hookshift mirroring throughput vs nginx mirror: %.2fx (target >= 1)\n", hs / ngm
         printf "hookshift with a hanging shadow vs hookshift without mirroring: %.0f%% (target >= 95%%)\n", 100 * hh / hoff
-    }' "$RESULTS"
+    }' "$SUMMARY"

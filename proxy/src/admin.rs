@@ -15,6 +15,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What the admin handlers share.
@@ -152,6 +153,40 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "# HELP hookshift_proxy_mirror_queue_depth Mirror jobs waiting.\n# TYPE hookshift_proxy_mirror_queue_depth gauge\nhookshift_proxy_mirror_queue_depth {}\n",
         (s.queue_depth)()
     ));
+    // The capture writer: what it committed, what it could not, and its
+    // backlog (ingress rows dropped because it was full are
+    // hookshift_proxy_capture_dropped_total, counted by the ingress).
+    let stats = s.store.stats();
+    for (name, kind, help, v) in [
+        (
+            "hookshift_proxy_capture_written_total",
+            "counter",
+            "Capture rows committed.",
+            stats.written.load(Ordering::Relaxed),
+        ),
+        (
+            "hookshift_proxy_capture_failed_total",
+            "counter",
+            "Capture rows the writer could not commit.",
+            stats.failed.load(Ordering::Relaxed),
+        ),
+        (
+            "hookshift_proxy_capture_batches_total",
+            "counter",
+            "Capture transactions committed.",
+            stats.batches.load(Ordering::Relaxed),
+        ),
+        (
+            "hookshift_proxy_capture_queue_depth",
+            "gauge",
+            "Capture rows waiting for the writer.",
+            s.store.queue_depth() as u64,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

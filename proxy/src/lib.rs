@@ -49,9 +49,10 @@ pub enum ProxyError {
         what: String,
         source: std::io::Error,
     },
-    /// The HTTP client for the ingress could not be built.
-    #[error("building the ingress HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    /// The ingress tee could not be set up (an unusable sender API URL,
+    /// TLS).
+    #[error(transparent)]
+    Ingress(#[from] ingress::IngressError),
 }
 
 /// The four listeners, bound by the caller.
