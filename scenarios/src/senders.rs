@@ -28,8 +28,14 @@ pub enum SenderError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{side}: exited before it was listening (see {log})")]
-    Exited { side: Side, log: String },
+    #[error("{side}: exited ({status}) before it was listening (see {log}){tail}")]
+    Exited {
+        side: Side,
+        status: String,
+        log: String,
+        /// The log's last lines, indented, so that a CI failure shows why.
+        tail: String,
+    },
     #[error("{side}: printed no `listening on http://…` line within {secs}s (see {log})")]
     NoListenLine { side: Side, secs: u64, log: String },
     #[error("{side}: {message}")]
@@ -64,8 +70,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl SenderProcess {
     /// Starts the sender on 127.0.0.1:0 and waits for its listening line.
+    ///
+    /// A sender that exits before listening is started once more, after a
+    /// warning that carries its exit status and the end of its log: a
+    /// rehearsal should not die of one failed start (CI saw one, once, that
+    /// left no trace), and a sender that cannot start fails the second time
+    /// with the same evidence.
     pub async fn start(launch: Launch) -> Result<SenderProcess, SenderError> {
-        let (child, base) = spawn(&launch, "127.0.0.1:0").await?;
+        let (child, base) = match spawn(&launch, "127.0.0.1:0").await {
+            Err(e @ SenderError::Exited { .. }) => {
+                eprintln!("  warning: {e}\n  starting it once more…");
+                spawn(&launch, "127.0.0.1:0").await?
+            }
+            other => other?,
+        };
         let listen = base.trim_start_matches("http://").to_string();
         Ok(SenderProcess {
             launch,
@@ -182,10 +200,19 @@ async fn spawn(launch: &Launch, listen: &str) -> Result<(Child, String), SenderE
     let base = match found {
         Ok(Some(url)) => url,
         Ok(None) => {
+            // Stdout closed: the process is exiting; give it a moment to
+            // be reaped so that the error can say how it ended.
+            let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(s)) => s.to_string(),
+                Ok(Err(e)) => format!("status unknown: {e}"),
+                Err(_) => "closed its stdout, still running".to_string(),
+            };
             return Err(SenderError::Exited {
                 side: launch.side,
+                status,
                 log: log_name,
-            })
+                tail: log_tail(&launch.log, 20),
+            });
         }
         Err(_) => {
             return Err(SenderError::NoListenLine {
@@ -204,6 +231,18 @@ async fn spawn(launch: &Launch, listen: &str) -> Result<(Child, String), SenderE
         }
     });
     Ok((child, base))
+}
+
+/// The last `n` lines of a sender's log, each indented, after a newline;
+/// empty when the log is empty or unreadable.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|l| format!("\n    {l}"))
+        .collect()
 }
 
 /// Where things are: the repository (for the Go fixture), the engine
@@ -396,4 +435,57 @@ fn newest_source(dir: &Path) -> Option<SystemTime> {
         }
     }
     newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `command` sender running `script` (a shell script written to `dir`).
+    fn shell(dir: &Path, script: String) -> Launch {
+        let path = dir.join("sender.sh");
+        std::fs::write(&path, script).unwrap();
+        Launch {
+            side: Side::Engine,
+            program: PathBuf::from("sh"),
+            args: vec![format!("sh {}", path.display())],
+            env: Vec::new(),
+            shell: true,
+            log: dir.join("engine.log"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_exits_before_listening_is_started_once_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("tried");
+        // Fails the first time (leaving a marker), listens the second.
+        let command = format!(
+            "if [ -e {m} ]; then echo 'listening on http://127.0.0.1:9'; sleep 30; \
+             else touch {m}; echo 'first start: database is locked' >&2; exit 3; fi",
+            m = marker.display()
+        );
+        let mut p = SenderProcess::start(shell(dir.path(), command))
+            .await
+            .expect("the second start listens");
+        assert_eq!(p.base, "http://127.0.0.1:9");
+        p.stop().await;
+        let log = std::fs::read_to_string(dir.path().join("engine.log")).unwrap();
+        assert!(log.contains("first start: database is locked"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_never_listens_fails_with_its_status_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = "echo 'error: opening database: disk I/O error' >&2; exit 3".to_string();
+        let err = match SenderProcess::start(shell(dir.path(), command)).await {
+            Ok(_) => panic!("a sender that always exits cannot start"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("exited (exit status: 3)"), "{err}");
+        assert!(
+            err.contains("\n    error: opening database: disk I/O error"),
+            "{err}"
+        );
+    }
 }
