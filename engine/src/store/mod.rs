@@ -77,15 +77,35 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite(SqlitePool),
+    /// `pool` reads; `writer` (one connection) runs every write transaction,
+    /// so that writers queue in the process, in order, instead of meeting
+    /// SQLite's lock and its busy handler, which sleeps 1, 2, 5, 10, 15, 20,
+    /// 25… ms between tries and made most of the delivery latency. An
+    /// in-memory database has one connection, which is both.
+    Sqlite {
+        pool: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
-/// Expands `$body` once per backend with `$pool` bound to that backend's pool.
+/// Expands `$body` once per backend with `$pool` bound to that backend's
+/// pool for reads.
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite($pool) => $body,
+            Backend::Sqlite { pool: $pool, .. } => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Like `with_pool!`, for a method that writes: on SQLite `$pool` is the
+/// single writer connection.
+macro_rules! with_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { writer: $pool, .. } => $body,
             Backend::Postgres($pool) => $body,
         }
     };
@@ -133,10 +153,23 @@ impl Store {
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            Backend::Sqlite(pool)
+            let writer = if memory {
+                pool.clone()
+            } else {
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    // Writers wait here, in the process, for their turn.
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await?
+            };
+            Backend::Sqlite { pool, writer }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut opts =
                 PgConnectOptions::from_str(url)?.statement_cache_capacity(STATEMENT_CACHE);
@@ -159,7 +192,7 @@ impl Store {
     /// Which backend this is.
     pub fn kind(&self) -> BackendKind {
         match self.backend {
-            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
             Backend::Postgres(_) => BackendKind::Postgres,
         }
     }
@@ -174,7 +207,13 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await)
+        match &self.backend {
+            Backend::Sqlite { pool, writer } => {
+                writer.close().await;
+                pool.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
     }
 
     // ----- endpoints -------------------------------------------------------
@@ -190,7 +229,7 @@ impl Store {
         now: i64,
     ) -> Result<UpsertedEndpoint> {
         let event_types = serde_json::to_string(&spec.event_types).expect("strings serialize");
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             // Write first: SQLite then takes its write lock at once, under
             // the busy timeout, instead of failing a read-to-write upgrade.
@@ -293,7 +332,7 @@ impl Store {
     /// Soft-deletes an endpoint: no new deliveries, waiting ones cancelled,
     /// history kept. Returns false if there was no such endpoint.
     pub async fn delete_endpoint(&self, id: &str, now: i64) -> Result<bool> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
                 "UPDATE endpoints SET deleted_at = $2, updated_at = $2 WHERE id = $1 AND deleted_at IS NULL",
@@ -337,7 +376,7 @@ impl Store {
         now: i64,
         grace_ms: i64,
     ) -> Result<bool> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
                 "UPDATE endpoint_secrets SET expires_at = $2 WHERE endpoint_id = $1 AND expires_at IS NULL \
@@ -420,7 +459,7 @@ impl Store {
             .map(|(e, _)| e)
             .collect();
 
-        let (inserted, deliveries) = with_pool!(self, pool => {
+        let (inserted, deliveries) = with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut inserted: HashSet<String> = HashSet::new();
             for chunk in candidates.chunks(ROWS_PER_INSERT) {
@@ -599,7 +638,7 @@ impl Store {
     /// Puts a delivery in a terminal state back to pending, due now, keeping
     /// its event and delivery ids. Audited as a `replay` transition.
     pub async fn replay(&self, id: &str, now: i64) -> Result<ReplayResult> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let row = sqlx::query(
                 "UPDATE deliveries SET claimed_from = state, state = 'pending', next_attempt_at = $2, \
@@ -671,7 +710,7 @@ impl Store {
     pub async fn claim_with(&self, spec: &ClaimSpec<'_>) -> Result<Vec<Claimed>> {
         let kind = self.kind();
         let now = spec.now;
-        let rows: Vec<ClaimedRaw> = with_pool!(self, pool => {
+        let rows: Vec<ClaimedRaw> = with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             // (only this endpoint, skip open breakers, at most this many)
             let mut parts: Vec<(Option<String>, bool, i64)> = Vec::new();
@@ -914,7 +953,7 @@ impl Store {
     /// Undoes a claim `owner` still holds, uncounting the attempt; with
     /// `cancel`, the delivery then goes on to cancelled.
     async fn unclaim(&self, claim: &Claimed, owner: &str, now: i64, cancel: bool) -> Result<bool> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
                 "UPDATE deliveries SET claimed_from = state, \
@@ -982,7 +1021,7 @@ impl Store {
             ""
         };
         let mut results = Vec::with_capacity(recs.len());
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             for rec in recs {
             let to = rec.to;
@@ -1157,7 +1196,7 @@ impl Store {
     /// due at once (the worker holding them crashed or stalled). Returns how
     /// many were rescued.
     pub async fn rescue_expired(&self, now: i64) -> Result<u64> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let rows = sqlx::query(
                 "UPDATE deliveries SET claimed_from = state, state = 'retry_scheduled', \
@@ -1209,7 +1248,7 @@ impl Store {
         to: &str,
         outcome: Option<OutcomeClass>,
     ) -> Result<()> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             sqlx::query(
                 "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, outcome, reason, at) \
                  VALUES ($1, $2, $3, 0, $4, 'test', 0)",
