@@ -470,3 +470,144 @@ async fn released_and_cancelled_claims_are_recorded() {
         );
     }
 }
+
+/// One record batch (the worker's group commit) with attempts of several
+/// kinds: each outcome moves its delivery only under the lease and attempt
+/// number it was claimed with, every exchange that happened is stored, and
+/// the breaker counts the failures in order.
+#[tokio::test]
+async fn one_batch_records_each_attempt_under_its_own_lease() {
+    use engine::breaker::{BreakerPolicy, Change};
+    use engine::state::OutcomeClass;
+    use engine::store::AttemptRecord;
+    for db in TestDb::all().await {
+        let s = &db.store;
+        endpoints(s, 2).await;
+        s.ingest(
+            &[event("e1", "t"), event("e2", "t"), event("e3", "t")],
+            1_000,
+        )
+        .await
+        .unwrap();
+        let claimed = s.claim("w1", 1_000, 31_000, 10, &[]).await.unwrap();
+        assert_eq!(claimed.len(), 6, "[{}]", db.label);
+        let find = |event: &str, endpoint: &str| {
+            claimed
+                .iter()
+                .find(|c| c.event_id == event && c.endpoint_id == endpoint)
+                .unwrap()
+        };
+        let record = |event: &str, endpoint: &str, outcome: OutcomeClass, to: DeliveryState| {
+            let c = find(event, endpoint);
+            AttemptRecord {
+                delivery_id: c.id.clone(),
+                endpoint_id: c.endpoint_id.clone(),
+                owner: "w1".into(),
+                attempt: c.attempt,
+                to,
+                next_attempt_at: (to == DeliveryState::RetryScheduled).then_some(9_000),
+                outcome,
+                request_headers: "[]".into(),
+                body_sha256: String::new(),
+                response_status: Some(if outcome == OutcomeClass::Delivered {
+                    200
+                } else {
+                    500
+                }),
+                response_headers: None,
+                response_body: None,
+                response_truncated: false,
+                duration_ms: 3,
+                error: None,
+                started_at: 1_000,
+                finished_at: 1_003,
+                disable_endpoint: None,
+            }
+        };
+        use DeliveryState::{RetryScheduled, Succeeded};
+        use OutcomeClass::{Delivered, ServerError};
+        let ok = record("e1", "ep0", Delivered, Succeeded);
+        let retry = record("e2", "ep0", ServerError, RetryScheduled);
+        // Another worker's lease by now: stored, but the delivery stays.
+        let mut lost = record("e3", "ep0", ServerError, RetryScheduled);
+        lost.owner = "w2".into();
+        // Not the attempt the delivery is at.
+        let mut stale = record("e1", "ep1", Delivered, Succeeded);
+        stale.attempt += 1;
+        let ok2 = record("e2", "ep1", Delivered, Succeeded);
+        let batch = [ok, retry, lost, stale, ok2];
+        let policy = BreakerPolicy {
+            failures: 2,
+            ..BreakerPolicy::default()
+        };
+        let out = s.record_attempts(&batch, &policy).await.unwrap();
+        let moved: Vec<bool> = out.iter().map(|r| r.moved).collect();
+        assert_eq!(moved, [true, true, false, false, true], "[{}]", db.label);
+        // ep0 failed twice in a row (the lost lease's exchange counts): open.
+        let changes: Vec<Change> = out.iter().map(|r| r.breaker).collect();
+        assert_eq!(
+            changes,
+            [
+                Change::None,
+                Change::None,
+                Change::Opened,
+                Change::None,
+                Change::None
+            ],
+            "[{}]",
+            db.label
+        );
+        let state = |r: &AttemptRecord| {
+            let id = r.delivery_id.clone();
+            async move {
+                s.get_delivery(&id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .state
+                    .parse::<DeliveryState>()
+                    .unwrap()
+            }
+        };
+        assert_eq!(state(&batch[0]).await, Succeeded, "[{}]", db.label);
+        assert_eq!(state(&batch[1]).await, RetryScheduled, "[{}]", db.label);
+        assert_eq!(
+            state(&batch[2]).await,
+            DeliveryState::InFlight,
+            "[{}]",
+            db.label
+        );
+        assert_eq!(
+            state(&batch[3]).await,
+            DeliveryState::InFlight,
+            "[{}]",
+            db.label
+        );
+        assert_eq!(state(&batch[4]).await, Succeeded, "[{}]", db.label);
+        let ids: Vec<String> = batch.iter().map(|r| r.delivery_id.clone()).collect();
+        let attempts = s.attempts_for(&ids).await.unwrap();
+        assert_eq!(attempts.len(), 5, "every exchange is stored [{}]", db.label);
+        let attempted: Vec<String> = s
+            .transitions_for(&ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.reason == "attempted")
+            .map(|t| t.delivery_id)
+            .collect();
+        let mut expect = vec![ids[0].clone(), ids[1].clone(), ids[4].clone()];
+        expect.sort();
+        let mut got = attempted;
+        got.sort();
+        assert_eq!(got, expect, "[{}]", db.label);
+        let ep0 = s.get_endpoint("ep0").await.unwrap().unwrap();
+        assert_eq!(ep0.breaker_state, "open", "[{}]", db.label);
+        let ep1 = s.get_endpoint("ep1").await.unwrap().unwrap();
+        assert_eq!(
+            (ep1.breaker_state.as_str(), ep1.consecutive_failures),
+            ("closed", 0),
+            "[{}]",
+            db.label
+        );
+    }
+}

@@ -1023,55 +1023,125 @@ impl Store {
         let mut results = Vec::with_capacity(recs.len());
         with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
+            // Three statements per chunk, whatever its size: each statement
+            // is a round trip to the connection's thread, and the writer is
+            // shared with ingest and claims. An outcome applies only to the
+            // attempt it belongs to, under the lease that attempt held.
+            let mut moved: HashSet<(String, i64)> = HashSet::new();
+            let mut inserted: HashSet<(String, i64)> = HashSet::new();
+            for chunk in recs.chunks(ROWS_PER_INSERT) {
+                let mut qb = QueryBuilder::new(
+                    "WITH v (id, owner, attempt, state, next_at, outcome, at) AS (",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    debug_assert!(DeliveryState::can_transition(Some(DeliveryState::InFlight), r.to));
+                    b.push_bind(&r.delivery_id)
+                        .push_bind(&r.owner)
+                        .push_bind(r.attempt)
+                        .push_bind(r.to.as_str())
+                        .push_bind(r.next_attempt_at)
+                        .push_bind(r.outcome.as_str())
+                        .push_bind(r.finished_at);
+                });
+                qb.push(
+                    ") UPDATE deliveries SET claimed_from = deliveries.state, state = v.state, \
+                     next_attempt_at = v.next_at, last_outcome = v.outcome, lease_owner = NULL, \
+                     lease_expires_at = NULL, updated_at = v.at FROM v \
+                     WHERE deliveries.id = v.id AND deliveries.state = 'in_flight' \
+                     AND deliveries.lease_owner = v.owner AND deliveries.attempt_count = v.attempt \
+                     RETURNING deliveries.id, deliveries.attempt_count",
+                );
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    moved.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, \
+                     response_status, response_headers, response_body, response_truncated, duration_ms, \
+                     outcome, error, started_at, finished_at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(crate::ids::attempt_id())
+                        .push_bind(&r.delivery_id)
+                        .push_bind(r.attempt)
+                        .push_bind(&r.request_headers)
+                        .push_bind(&r.body_sha256)
+                        .push_bind(r.response_status)
+                        .push_bind(&r.response_headers)
+                        .push_bind(&r.response_body)
+                        .push_bind(r.response_truncated)
+                        .push_bind(r.duration_ms)
+                        .push_bind(r.outcome.as_str())
+                        .push_bind(&r.error)
+                        .push_bind(r.started_at)
+                        .push_bind(r.finished_at);
+                });
+                qb.push(" ON CONFLICT (delivery_id, attempt) DO NOTHING RETURNING delivery_id, attempt");
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+                let applied: Vec<&AttemptRecord> = chunk
+                    .iter()
+                    .filter(|r| moved.contains(&(r.delivery_id.clone(), r.attempt)))
+                    .collect();
+                if !applied.is_empty() {
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO delivery_transitions \
+                         (delivery_id, from_state, to_state, attempt, outcome, reason, at) ",
+                    );
+                    qb.push_values(applied, |mut b, r| {
+                        b.push_bind(&r.delivery_id)
+                            .push_bind(DeliveryState::InFlight.as_str())
+                            .push_bind(r.to.as_str())
+                            .push_bind(r.attempt)
+                            .push_bind(r.outcome.as_str())
+                            .push_bind(TransitionReason::Attempted.as_str())
+                            .push_bind(r.finished_at);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            // Endpoints whose breaker this batch cannot change: closed with
+            // no failures, and only healthy outcomes in the batch (most
+            // attempts, against healthy endpoints). Read in one query, so
+            // that those attempts never touch the endpoint row.
+            let counted = |rec: &AttemptRecord| {
+                inserted.contains(&(rec.delivery_id.clone(), rec.attempt))
+                    && rec.disable_endpoint.is_none()
+                    && breaker.enabled()
+                    && breaker::Signal::of(rec.outcome) != breaker::Signal::Neutral
+            };
+            let mut quiet: HashSet<String> = HashSet::new();
+            let watched: Vec<&str> = {
+                let mut v: Vec<&str> = recs.iter().filter(|r| counted(r)).map(|r| r.endpoint_id.as_str()).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            for chunk in watched.chunks(ROWS_PER_INSERT) {
+                let mut qb = QueryBuilder::new(
+                    "SELECT id FROM endpoints WHERE breaker_state = 'closed' AND consecutive_failures = 0 AND id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    quiet.insert(row.try_get(0)?);
+                }
+            }
+            for rec in recs.iter().filter(|r| counted(r)) {
+                if breaker::Signal::of(rec.outcome) != breaker::Signal::Healthy {
+                    quiet.remove(&rec.endpoint_id);
+                }
+            }
             for rec in recs {
-            let to = rec.to;
             let signal = breaker::Signal::of(rec.outcome);
             let mut change = breaker::Change::None;
-            debug_assert!(DeliveryState::can_transition(
-                Some(DeliveryState::InFlight),
-                to
-            ));
-            let n = sqlx::query(
-                "UPDATE deliveries SET claimed_from = state, state = $3, next_attempt_at = $4, \
-                 last_outcome = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $6 \
-                 WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2",
-            )
-            .bind(&rec.delivery_id)
-            .bind(&rec.owner)
-            .bind(to.as_str())
-            .bind(rec.next_attempt_at)
-            .bind(rec.outcome.as_str())
-            .bind(rec.finished_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let inserted = sqlx::query(
-                "INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, \
-                 response_status, response_headers, response_body, response_truncated, duration_ms, \
-                 outcome, error, started_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                 ON CONFLICT (delivery_id, attempt) DO NOTHING",
-            )
-            .bind(crate::ids::attempt_id())
-            .bind(&rec.delivery_id)
-            .bind(rec.attempt)
-            .bind(&rec.request_headers)
-            .bind(&rec.body_sha256)
-            .bind(rec.response_status)
-            .bind(&rec.response_headers)
-            .bind(&rec.response_body)
-            .bind(rec.response_truncated)
-            .bind(rec.duration_ms)
-            .bind(rec.outcome.as_str())
-            .bind(&rec.error)
-            .bind(rec.started_at)
-            .bind(rec.finished_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let key = (rec.delivery_id.clone(), rec.attempt);
+            let n = u64::from(moved.contains(&key));
+            let inserted = u64::from(inserted.contains(&key));
             if n > 0 {
-                insert_transition(&mut tx, &rec.delivery_id, Some(DeliveryState::InFlight), to,
-                    rec.attempt, Some(rec.outcome), TransitionReason::Attempted, rec.finished_at).await?;
                 if let Some(endpoint) = &rec.disable_endpoint {
                     sqlx::query("UPDATE endpoints SET disabled = $2, disabled_reason = 'gone', updated_at = $3 WHERE id = $1")
                         .bind(endpoint.as_str())
@@ -1085,7 +1155,7 @@ impl Store {
             // The breaker takes every exchange that happened once, even one
             // whose lease was lost meanwhile: it says how the receiver is.
             if inserted > 0 && rec.disable_endpoint.is_none() && breaker.enabled()
-                && signal != breaker::Signal::Neutral
+                && signal != breaker::Signal::Neutral && !quiet.contains(&rec.endpoint_id)
             {
                 {
                     let select = "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
