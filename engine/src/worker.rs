@@ -260,6 +260,9 @@ const CLAIM_LINGER: Duration = Duration::from_millis(2);
 /// Most attempts persisted in one transaction.
 const RECORD_BATCH: usize = 256;
 
+/// How long a small batch of finished attempts waits for more.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
+
 /// A token bucket for one rate-limited endpoint, on the injected clock.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -726,6 +729,15 @@ async fn record_loop(inner: Arc<Inner>, rx: Arc<tokio::sync::Mutex<mpsc::Receive
             let mut rx = rx.lock().await;
             if rx.recv_many(&mut jobs, RECORD_BATCH).await == 0 {
                 return;
+            }
+            // A small batch waits a moment for company: every record
+            // transaction holds SQLite's one writer, which claims and
+            // ingest need too, and its fixed cost (commit, fsync) is the
+            // same for one record or a hundred.
+            if jobs.len() < RECORD_BATCH / 4 {
+                let room = RECORD_BATCH - jobs.len();
+                // recv_many is cancel safe: a timeout loses nothing.
+                let _ = tokio::time::timeout(RECORD_LINGER, rx.recv_many(&mut jobs, room)).await;
             }
         }
         let (records, replies): (Vec<AttemptRecord>, Vec<_>) = jobs.drain(..).unzip();
