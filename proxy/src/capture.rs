@@ -234,6 +234,15 @@ impl CaptureStore {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             let memory = url.contains(":memory:");
+            // One connection opens a new file (and switches it to WAL)
+            // alone, and stays open while the pool connects: two first
+            // connections at once make one fail with "database is locked"
+            // (seen in scenario runs), the busy timeout notwithstanding.
+            let setup = if memory {
+                None
+            } else {
+                Some(<sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts).await?)
+            };
             let pool = SqlitePoolOptions::new()
                 .max_connections(if memory { 1 } else { 4 })
                 .min_connections(1)
@@ -242,6 +251,9 @@ impl CaptureStore {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            if let Some(setup) = setup {
+                sqlx::Connection::close(setup).await?;
+            }
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut opts = PgConnectOptions::from_str(url)?;

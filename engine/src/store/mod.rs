@@ -147,6 +147,17 @@ impl Store {
                 // size: keep them all prepared (the default of 100 thrashed).
                 .statement_cache_capacity(STATEMENT_CACHE);
             let memory = url.contains(":memory:");
+            // The first connection to a new file switches it to WAL. Two
+            // connections doing that at once (the pool opens its first
+            // ones concurrently) make one fail with "database is locked",
+            // the busy timeout notwithstanding: CI saw engines exit so at
+            // start. So one connection opens the file alone and stays open
+            // while the pools connect to a database already in WAL mode.
+            let setup = if memory {
+                None
+            } else {
+                Some(<sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts).await?)
+            };
             let pool = SqlitePoolOptions::new()
                 // An in-memory database lives in one connection.
                 .max_connections(if memory { 1 } else { 8 })
@@ -169,6 +180,9 @@ impl Store {
                     .connect_with(opts)
                     .await?
             };
+            if let Some(setup) = setup {
+                sqlx::Connection::close(setup).await?;
+            }
             Backend::Sqlite { pool, writer }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut opts =
