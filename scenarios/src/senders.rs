@@ -73,9 +73,10 @@ impl SenderProcess {
     ///
     /// A sender that exits before listening is started once more, after a
     /// warning that carries its exit status and the end of its log: a
-    /// rehearsal should not die of one failed start (CI saw one, once, that
-    /// left no trace), and a sender that cannot start fails the second time
-    /// with the same evidence.
+    /// rehearsal should not die of one failed start (CI saw engines exit at
+    /// start from a race opening new SQLite files, since fixed in the
+    /// stores), and a sender that cannot start fails the second time with
+    /// the same evidence.
     pub async fn start(launch: Launch) -> Result<SenderProcess, SenderError> {
         let (child, base) = match spawn(&launch, "127.0.0.1:0").await {
             Err(e @ SenderError::Exited { .. }) => {

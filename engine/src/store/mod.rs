@@ -1041,8 +1041,16 @@ impl Store {
             // is a round trip to the connection's thread, and the writer is
             // shared with ingest and claims. An outcome applies only to the
             // attempt it belongs to, under the lease that attempt held.
-            let mut moved: HashSet<(String, i64)> = HashSet::new();
-            let mut inserted: HashSet<(String, i64)> = HashSet::new();
+            // Per record, in order: did its delivery move, was its attempt
+            // stored (not already there)?
+            let mut moved: Vec<bool> = Vec::with_capacity(recs.len());
+            let mut inserted: Vec<bool> = Vec::with_capacity(recs.len());
+            let flags = |set: &HashSet<(String, i64)>, chunk: &[AttemptRecord]| {
+                chunk
+                    .iter()
+                    .map(|r| set.contains(&(r.delivery_id.clone(), r.attempt)))
+                    .collect::<Vec<bool>>()
+            };
             for chunk in recs.chunks(ROWS_PER_INSERT) {
                 let mut qb = QueryBuilder::new(
                     "WITH v (id, owner, attempt, state, next_at, outcome, at) AS (",
@@ -1065,9 +1073,11 @@ impl Store {
                      AND deliveries.lease_owner = v.owner AND deliveries.attempt_count = v.attempt \
                      RETURNING deliveries.id, deliveries.attempt_count",
                 );
+                let mut rows: HashSet<(String, i64)> = HashSet::new();
                 for row in qb.build().fetch_all(&mut *tx).await? {
-                    moved.insert((row.try_get(0)?, row.try_get(1)?));
+                    rows.insert((row.try_get(0)?, row.try_get(1)?));
                 }
+                let chunk_moved = flags(&rows, chunk);
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO attempts (id, delivery_id, attempt, request_headers, body_sha256, \
                      response_status, response_headers, response_body, response_truncated, duration_ms, \
@@ -1090,13 +1100,18 @@ impl Store {
                         .push_bind(r.finished_at);
                 });
                 qb.push(" ON CONFLICT (delivery_id, attempt) DO NOTHING RETURNING delivery_id, attempt");
+                let mut rows: HashSet<(String, i64)> = HashSet::new();
                 for row in qb.build().fetch_all(&mut *tx).await? {
-                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
+                    rows.insert((row.try_get(0)?, row.try_get(1)?));
                 }
+                inserted.extend(flags(&rows, chunk));
                 let applied: Vec<&AttemptRecord> = chunk
                     .iter()
-                    .filter(|r| moved.contains(&(r.delivery_id.clone(), r.attempt)))
+                    .zip(&chunk_moved)
+                    .filter(|(_, m)| **m)
+                    .map(|(r, _)| r)
                     .collect();
+                moved.extend(chunk_moved);
                 if !applied.is_empty() {
                     let mut qb = QueryBuilder::new(
                         "INSERT INTO delivery_transitions \
@@ -1114,19 +1129,26 @@ impl Store {
                     qb.build().execute(&mut *tx).await?;
                 }
             }
+            // The breaker takes every exchange that happened once, even one
+            // whose lease was lost meanwhile: it says how the receiver is.
+            let counted: Vec<bool> = recs
+                .iter()
+                .zip(&inserted)
+                .map(|(rec, inserted)| {
+                    *inserted
+                        && rec.disable_endpoint.is_none()
+                        && breaker.enabled()
+                        && breaker::Signal::of(rec.outcome) != breaker::Signal::Neutral
+                })
+                .collect();
+            let counted_recs = || recs.iter().zip(&counted).filter(|(_, c)| **c).map(|(r, _)| r);
             // Endpoints whose breaker this batch cannot change: closed with
             // no failures, and only healthy outcomes in the batch (most
             // attempts, against healthy endpoints). Read in one query, so
             // that those attempts never touch the endpoint row.
-            let counted = |rec: &AttemptRecord| {
-                inserted.contains(&(rec.delivery_id.clone(), rec.attempt))
-                    && rec.disable_endpoint.is_none()
-                    && breaker.enabled()
-                    && breaker::Signal::of(rec.outcome) != breaker::Signal::Neutral
-            };
             let mut quiet: HashSet<String> = HashSet::new();
             let watched: Vec<&str> = {
-                let mut v: Vec<&str> = recs.iter().filter(|r| counted(r)).map(|r| r.endpoint_id.as_str()).collect();
+                let mut v: Vec<&str> = counted_recs().map(|r| r.endpoint_id.as_str()).collect();
                 v.sort_unstable();
                 v.dedup();
                 v
@@ -1144,18 +1166,15 @@ impl Store {
                     quiet.insert(row.try_get(0)?);
                 }
             }
-            for rec in recs.iter().filter(|r| counted(r)) {
+            for rec in counted_recs() {
                 if breaker::Signal::of(rec.outcome) != breaker::Signal::Healthy {
                     quiet.remove(&rec.endpoint_id);
                 }
             }
-            for rec in recs {
+            for (i, rec) in recs.iter().enumerate() {
             let signal = breaker::Signal::of(rec.outcome);
             let mut change = breaker::Change::None;
-            let key = (rec.delivery_id.clone(), rec.attempt);
-            let n = u64::from(moved.contains(&key));
-            let inserted = u64::from(inserted.contains(&key));
-            if n > 0 {
+            if moved[i] {
                 if let Some(endpoint) = &rec.disable_endpoint {
                     sqlx::query("UPDATE endpoints SET disabled = $2, disabled_reason = 'gone', updated_at = $3 WHERE id = $1")
                         .bind(endpoint.as_str())
@@ -1166,11 +1185,7 @@ impl Store {
                     cancel_waiting(&mut tx, endpoint, rec.finished_at).await?;
                 }
             }
-            // The breaker takes every exchange that happened once, even one
-            // whose lease was lost meanwhile: it says how the receiver is.
-            if inserted > 0 && rec.disable_endpoint.is_none() && breaker.enabled()
-                && signal != breaker::Signal::Neutral && !quiet.contains(&rec.endpoint_id)
-            {
+            if counted[i] && !quiet.contains(&rec.endpoint_id) {
                 {
                     let select = "SELECT breaker_state, consecutive_failures, failing_since, breaker_opened_at, \
                          breaker_probe_at, disabled, disabled_reason FROM endpoints WHERE id = $1";
@@ -1257,7 +1272,7 @@ impl Store {
                     }
                 }
             }
-            results.push(Recorded { moved: n > 0, breaker: change });
+            results.push(Recorded { moved: moved[i], breaker: change });
             }
             tx.commit().await?;
             Ok(results)
