@@ -10,7 +10,8 @@
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
-use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
+use crate::store::{ClaimAtIngest, Claimed, IngestOutcome, NewEvent, Store, StoreError};
+use crate::worker::{Handoff, Slot};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -46,6 +47,7 @@ impl Ingestor {
         writers: usize,
         max_batch: usize,
         wake: Arc<tokio::sync::Notify>,
+        handoff: Option<Handoff>,
     ) -> Ingestor {
         let (tx, rx) = mpsc::channel::<Job>(max_batch * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
@@ -55,6 +57,7 @@ impl Ingestor {
             let clock = clock.clone();
             let metrics = metrics.clone();
             let wake = wake.clone();
+            let handoff = handoff.clone();
             tokio::spawn(async move {
                 let mut jobs = Vec::with_capacity(max_batch);
                 loop {
@@ -64,9 +67,19 @@ impl Ingestor {
                             return;
                         }
                     }
-                    write_batch(&store, clock.now_ms(), &metrics, &mut jobs).await;
-                    // New deliveries are due now: wake the worker.
-                    wake.notify_one();
+                    let left_pending = write_batch(
+                        &store,
+                        clock.now_ms(),
+                        &metrics,
+                        handoff.as_ref(),
+                        &mut jobs,
+                    )
+                    .await;
+                    // New deliveries are due now: wake the worker for those
+                    // it was not handed.
+                    if left_pending {
+                        wake.notify_one();
+                    }
                 }
             });
         }
@@ -88,15 +101,54 @@ impl Ingestor {
     }
 }
 
-async fn write_batch(store: &Store, now: i64, metrics: &Metrics, jobs: &mut Vec<Job>) {
+async fn write_batch(
+    store: &Store,
+    now: i64,
+    metrics: &Metrics,
+    handoff: Option<&Handoff>,
+    jobs: &mut Vec<Job>,
+) -> bool {
     let events: Vec<NewEvent> = jobs.iter().map(|j| j.event.clone()).collect();
     let started = std::time::Instant::now();
-    let mut result = store.ingest(&events, now).await;
+    let mut slots = Vec::new();
+    let mut result = store_batch(store, &events, now, handoff, &mut slots).await;
     // One retry for a transient failure (a lock timeout, a dropped
     // connection): the transaction rolled back, so nothing is doubled.
     if matches!(&result, Err(e) if e.is_retryable()) {
-        result = store.ingest(&events, now).await;
+        slots.clear();
+        result = store_batch(store, &events, now, handoff, &mut slots).await;
     }
+    // Whether the batch made deliveries the worker was not handed (or
+    // failed, when the worker may as well look).
+    let mut left_pending = true;
+    let result = result.map(|(outcomes, claimed)| {
+        let created: usize = outcomes
+            .iter()
+            .map(|o| match o {
+                IngestOutcome::Inserted(d) => d.len(),
+                IngestOutcome::Exists => 0,
+            })
+            .sum();
+        left_pending = created > claimed.len();
+        if let Some(handoff) = handoff {
+            // `admit` reserved one slot per claimed delivery, in order.
+            debug_assert_eq!(claimed.len(), slots.len());
+            let handed: Vec<_> = claimed.into_iter().zip(slots.drain(..)).collect();
+            if let Err(back) = handoff.deliver(handed) {
+                // The worker stopped after the claim: give the leases back.
+                let (store, owner) = (store.clone(), handoff.owner().to_string());
+                tokio::spawn(async move {
+                    for (claim, slot) in back {
+                        drop(slot);
+                        if let Err(e) = store.release(&claim, &owner, now).await {
+                            tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
+                        }
+                    }
+                });
+            }
+        }
+        outcomes
+    });
     metrics.ingest_batch(events.len(), started.elapsed());
     match result {
         Ok(outcomes) => {
@@ -115,4 +167,32 @@ async fn write_batch(store: &Store, now: i64, metrics: &Metrics, jobs: &mut Vec<
             }
         }
     }
+    left_pending
+}
+
+/// Stores `events`; with a worker in this process, claims for it the new
+/// deliveries it has room for, pushing the room reserved onto `slots`.
+async fn store_batch(
+    store: &Store,
+    events: &[NewEvent],
+    now: i64,
+    handoff: Option<&Handoff>,
+    slots: &mut Vec<Slot>,
+) -> Result<(Vec<IngestOutcome>, Vec<Claimed>), StoreError> {
+    let Some(handoff) = handoff else {
+        return store.ingest_claiming(events, now, None).await;
+    };
+    let mut admit = |endpoint: &str| match handoff.reserve(endpoint) {
+        Some(slot) => {
+            slots.push(slot);
+            true
+        }
+        None => false,
+    };
+    let claim = ClaimAtIngest {
+        owner: handoff.owner(),
+        lease_until: handoff.lease_until(now),
+        admit: &mut admit,
+    };
+    store.ingest_claiming(events, now, Some(claim)).await
 }

@@ -45,14 +45,6 @@ impl Engine {
             (n, _) => n,
         };
         let wake = Arc::new(tokio::sync::Notify::new());
-        let ingestor = Ingestor::start(
-            store.clone(),
-            clock.clone(),
-            metrics.clone(),
-            writers,
-            config.raw.ingest.max_batch,
-            wake.clone(),
-        );
         let worker = if config.run_worker {
             let sender = Sender::new(SenderConfig {
                 body_cap: config.raw.response_body_cap_bytes,
@@ -68,13 +60,22 @@ impl Engine {
                     clock.clone(),
                     metrics.clone(),
                     config.worker.clone(),
-                    wake,
+                    wake.clone(),
                 )
                 .context("starting the delivery worker")?,
             )
         } else {
             None
         };
+        let ingestor = Ingestor::start(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            writers,
+            config.raw.ingest.max_batch,
+            wake,
+            worker.as_ref().map(Worker::handoff),
+        );
         Ok(Engine {
             state: Arc::new(AppState {
                 store,

@@ -243,6 +243,10 @@ struct Inner {
     profiles: HashMap<String, Profile>,
     /// Finished attempts on their way to the recorders.
     records: mpsc::Sender<RecordJob>,
+    /// Set when ingest left a delivery pending for want of room, cleared
+    /// when a claim finds no more due than it asked for. While set, ingest
+    /// hands nothing over, so new deliveries do not overtake waiting ones.
+    backlog: std::sync::atomic::AtomicBool,
 }
 
 /// One finished attempt waiting to be persisted, and who waits for it.
@@ -300,6 +304,97 @@ pub struct Worker {
     inner: Arc<Inner>,
     wake: Arc<Notify>,
     records: mpsc::Receiver<RecordJob>,
+    handoff: Handoff,
+    handed: mpsc::UnboundedReceiver<Vec<Handed>>,
+}
+
+/// A delivery claimed at ingest, with the room reserved for it.
+type Handed = (Claimed, Slot);
+
+/// Lets ingest in the same process give new deliveries straight to this
+/// worker: ingest claims them in its own transaction
+/// ([`Store::ingest_claiming`]) and hands them over in memory, so a fresh
+/// delivery needs no claim transaction and does not wait for the worker to
+/// be woken. Only what the worker has room for is taken (a global slot and
+/// one of the endpoint's, reserved before the claim), so nothing queues in
+/// memory. Endpoints with an open breaker or a rate limit are left to the
+/// claim loop.
+#[derive(Clone)]
+pub struct Handoff {
+    inner: Arc<Inner>,
+    tx: mpsc::UnboundedSender<Vec<Handed>>,
+}
+
+/// Room the worker reserved for one delivery: given back when dropped,
+/// unless handed over with its delivery.
+pub struct Slot {
+    inner: Arc<Inner>,
+    endpoint: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    fn into_permit(mut self) -> tokio::sync::OwnedSemaphorePermit {
+        self.permit
+            .take()
+            .expect("a slot holds its permit until used")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.inner.done_with(&self.endpoint);
+        }
+    }
+}
+
+impl Handoff {
+    /// The lease owner deliveries are claimed for.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// When a lease taken at `now` expires.
+    pub fn lease_until(&self, now: i64) -> i64 {
+        now + self.inner.cfg.lease.as_millis() as i64
+    }
+
+    /// Reserves room for one delivery to `endpoint`: a free slot, and the
+    /// endpoint under its cap. None when the worker is full or stopped.
+    pub fn reserve(&self, endpoint: &str) -> Option<Slot> {
+        if self.tx.is_closed() || self.inner.backlog.load(Ordering::Acquire) {
+            return None;
+        }
+        let full = || {
+            self.inner.backlog.store(true, Ordering::Release);
+            None
+        };
+        let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
+            return full();
+        };
+        let mut map = self.inner.per_endpoint.lock().expect("per-endpoint map");
+        let n = map.entry(endpoint.to_string()).or_default();
+        if *n >= self.inner.cfg.per_endpoint {
+            return full();
+        }
+        *n += 1;
+        Some(Slot {
+            inner: self.inner.clone(),
+            endpoint: endpoint.to_string(),
+            permit: Some(permit),
+        })
+    }
+
+    /// Gives claimed deliveries, each with the slot reserved for it, to the
+    /// worker. When the worker has stopped, hands them back: their leases
+    /// are this worker's, so the caller should release them.
+    pub fn deliver(&self, handed: Vec<(Claimed, Slot)>) -> Result<(), Vec<(Claimed, Slot)>> {
+        if handed.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(handed).map_err(|e| e.0)
+    }
 }
 
 impl Worker {
@@ -335,23 +430,37 @@ impl Worker {
         }
         let owner = format!("worker-{}", uuid::Uuid::now_v7().simple());
         let (records_tx, records) = mpsc::channel(cfg.max_in_flight.max(1) * 2);
+        // Unbounded in type only: each delivery in it holds a slot.
+        let (handoff_tx, handed) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            store,
+            sender,
+            clock,
+            metrics,
+            slots: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            per_endpoint: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            records: records_tx,
+            backlog: std::sync::atomic::AtomicBool::new(false),
+            owner,
+            profiles,
+            cfg,
+        });
         Ok(Worker {
             records,
-            inner: Arc::new(Inner {
-                store,
-                sender,
-                clock,
-                metrics,
-                slots: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-                per_endpoint: Mutex::new(HashMap::new()),
-                buckets: Mutex::new(HashMap::new()),
-                records: records_tx,
-                owner,
-                profiles,
-                cfg,
-            }),
+            handoff: Handoff {
+                inner: inner.clone(),
+                tx: handoff_tx,
+            },
+            handed,
+            inner,
             wake,
         })
+    }
+
+    /// The handle ingest uses to give this worker new deliveries.
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
     }
 
     /// This worker's lease owner name.
@@ -364,6 +473,9 @@ impl Worker {
     /// their leases (they are retried after the lease expires).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
+        let mut handed = self.handed;
+        // Only the receiver closes the channel: drop the worker's own sender.
+        drop(self.handoff);
         let mut tasks: JoinSet<()> = JoinSet::new();
         // Group commit of outcomes: one writer is all SQLite can use; a few
         // overlap PostgreSQL's round trips.
@@ -378,28 +490,26 @@ impl Worker {
         let rescuer = tokio::spawn(rescue_loop(inner.clone()));
         let gauges = tokio::spawn(gauge_loop(inner.clone()));
         tokio::pin!(shutdown);
+        // Whether a claim may find something: after a start, a wake, a poll,
+        // or a claim that took all it asked for, or skipped endpoints; not
+        // after a claim found too little, until ingest leaves deliveries
+        // pending or the poll comes round (retries coming due).
+        let mut look = true;
+        let mut poll = tokio::time::interval(inner.cfg.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Reap finished attempts so the set does not grow.
             while tasks.try_join_next().is_some() {}
             let free = inner.slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                claim_batch(&inner, free).await
-            };
+            let mut claimed = Vec::new();
+            if free > 0 && look {
+                (claimed, look) = claim_batch(&inner, free).await;
+            }
             // A full claim suggests more is due: claim again at once if
             // enough slots are free to make the transaction worth it.
             let full = !claimed.is_empty() && claimed.len() >= free.min(CLAIM_MAX);
             for (reserved, permit) in claimed {
-                let inner = inner.clone();
-                inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                tasks.spawn(async move {
-                    let endpoint = reserved.claim.endpoint_id.clone();
-                    attempt(&inner, reserved).await;
-                    inner.done_with(&endpoint);
-                    inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
-                });
+                spawn_attempt(&inner, &mut tasks, reserved, permit);
             }
             let batch = (inner.cfg.max_in_flight / 16).max(1);
             if full && inner.slots.available_permits() >= batch {
@@ -407,8 +517,16 @@ impl Worker {
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(inner.cfg.poll_interval) => {}
+                Some(batch) = handed.recv() => {
+                    run_handed(&inner, &mut tasks, batch).await;
+                    // Take whatever else ingest has handed over meanwhile.
+                    while let Ok(batch) = handed.try_recv() {
+                        run_handed(&inner, &mut tasks, batch).await;
+                    }
+                    continue;
+                }
+                _ = self.wake.notified() => look = true,
+                _ = poll.tick() => look = true,
                 // A slot freed up: look again for work, after letting a few
                 // more attempts finish (briefly), so that one claim
                 // transaction serves many slots instead of one each.
@@ -421,6 +539,22 @@ impl Worker {
                             _ = tasks.join_next() => {}
                         }
                     }
+                    look |= inner.backlog.load(Ordering::Acquire);
+                }
+            }
+        }
+        // No more handoffs: ingest sees the channel closed and leaves new
+        // deliveries pending. Any handed over already are released.
+        handed.close();
+        while let Ok(batch) = handed.try_recv() {
+            for (claim, slot) in batch {
+                drop(slot);
+                if let Err(e) = inner
+                    .store
+                    .release(&claim, &inner.owner, inner.clock.now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
                 }
             }
         }
@@ -444,6 +578,45 @@ impl Worker {
     }
 }
 
+/// Starts one attempt as a task of `tasks`; its slot is given back when
+/// it ends.
+fn spawn_attempt(
+    inner: &Arc<Inner>,
+    tasks: &mut JoinSet<()>,
+    reserved: Reserved,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let inner = inner.clone();
+    inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    tasks.spawn(async move {
+        let endpoint = reserved.claim.endpoint_id.clone();
+        attempt(&inner, reserved).await;
+        inner.done_with(&endpoint);
+        inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    });
+}
+
+/// Starts the attempts of deliveries claimed at ingest.
+async fn run_handed(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, batch: Vec<Handed>) {
+    let now = inner.clock.now_ms();
+    let mut out: Vec<(Reserved, tokio::sync::OwnedSemaphorePermit)> = batch
+        .into_iter()
+        .map(|(claim, slot)| {
+            let reserved = Reserved {
+                claim,
+                started_at: now,
+                prefetched: None,
+            };
+            (reserved, slot.into_permit())
+        })
+        .collect();
+    prefetch(inner, &mut out, now).await;
+    for (reserved, permit) in out {
+        spawn_attempt(inner, tasks, reserved, permit);
+    }
+}
+
 impl Inner {
     fn done_with(&self, endpoint: &str) {
         let mut map = self.per_endpoint.lock().expect("per-endpoint map");
@@ -458,17 +631,19 @@ impl Inner {
 
 /// Claims up to `free` deliveries, skipping saturated endpoints, taking
 /// rate-limited ones only up to their tokens, and probing open breakers;
-/// hands back any that would push an endpoint over its cap.
+/// hands back any that would push an endpoint over its cap. Also says
+/// whether more may be due now: the claim took all it asked for, or left
+/// endpoints out.
 async fn claim_batch(
     inner: &Arc<Inner>,
     free: usize,
-) -> Vec<(Reserved, tokio::sync::OwnedSemaphorePermit)> {
+) -> (Vec<(Reserved, tokio::sync::OwnedSemaphorePermit)>, bool) {
     // Read every claim so a limit set a moment ago already holds.
     let limits = match inner.store.rate_limits().await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "reading rate limits failed");
-            return Vec::new();
+            return (Vec::new(), true);
         }
     };
     let now = inner.clock.now_ms();
@@ -519,9 +694,15 @@ async fn claim_batch(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "claim failed");
-            return Vec::new();
+            return (Vec::new(), true);
         }
     };
+    let more = claims.len() as i64 >= limit || !skip.is_empty();
+    if (claims.len() as i64) < limit {
+        // Nothing else is due that this worker may take: ingest may hand
+        // new deliveries over again.
+        inner.backlog.store(false, Ordering::Release);
+    }
     if !limits.is_empty() {
         let mut buckets = inner.buckets.lock().expect("buckets");
         for claim in &claims {
@@ -571,7 +752,7 @@ async fn claim_batch(
         }
     }
     prefetch(inner, &mut out, now).await;
-    out
+    (out, more)
 }
 
 /// Loads the endpoints, events and secrets of a whole claim in three

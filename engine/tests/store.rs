@@ -611,3 +611,114 @@ async fn one_batch_records_each_attempt_under_its_own_lease() {
         );
     }
 }
+
+/// Ingest claims for a worker in the same process what that worker admits,
+/// in the ingest transaction: in flight under the worker's lease, with the
+/// `created` and `claimed` transitions; the rest stay pending for the claim
+/// loop. Endpoints with a rate limit are never offered.
+#[tokio::test]
+async fn ingest_claims_what_the_worker_admits_in_the_same_transaction() {
+    use engine::store::ClaimAtIngest;
+    for db in TestDb::all().await {
+        let s = &db.store;
+        endpoints(s, 3).await;
+        let mut limited = spec("https://example.com/h", &[]);
+        limited.rate_limit_per_s = Some(5);
+        s.upsert_endpoint("ep1", &limited, None, 1).await.unwrap();
+        let mut asked: Vec<String> = Vec::new();
+        let mut admit = |endpoint: &str| {
+            asked.push(endpoint.to_string());
+            // ep0 always; ep2 once.
+            endpoint == "ep0" || asked.iter().filter(|a| *a == "ep2").count() == 1
+        };
+        let (outcomes, claimed) = s
+            .ingest_claiming(
+                &[event("e1", "t"), event("e2", "t")],
+                1_000,
+                Some(ClaimAtIngest {
+                    owner: "w1",
+                    lease_until: 61_000,
+                    admit: &mut admit,
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            asked,
+            ["ep0", "ep2", "ep0", "ep2"],
+            "[{}] ep1 is rate limited",
+            db.label
+        );
+        assert_eq!(outcomes.len(), 2);
+        let got: Vec<(&str, &str, i64, DeliveryState)> = claimed
+            .iter()
+            .map(|c| {
+                (
+                    c.event_id.as_str(),
+                    c.endpoint_id.as_str(),
+                    c.attempt,
+                    c.from,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("e1", "ep0", 1, DeliveryState::Pending),
+                ("e1", "ep2", 1, DeliveryState::Pending),
+                ("e2", "ep0", 1, DeliveryState::Pending),
+            ],
+            "[{}]",
+            db.label
+        );
+        let d = s.get_delivery(&claimed[1].id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                d.state.as_str(),
+                d.attempt_count,
+                d.next_attempt_at,
+                d.lease_expires_at
+            ),
+            ("in_flight", 1, None, Some(61_000)),
+            "[{}]",
+            db.label
+        );
+        let steps: Vec<(Option<String>, String, i64, String)> = s
+            .transitions_for(std::slice::from_ref(&claimed[1].id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.from_state, t.to_state, t.attempt, t.reason))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (None, "pending".to_string(), 0, "created".to_string()),
+                (
+                    Some("pending".to_string()),
+                    "in_flight".to_string(),
+                    1,
+                    "claimed".to_string()
+                ),
+            ],
+            "[{}]",
+            db.label
+        );
+        // The claim loop finds only the three left pending.
+        let rest = s.claim("w2", 1_000, 61_000, 10, &[]).await.unwrap();
+        let mut rest: Vec<(&str, &str)> = rest
+            .iter()
+            .map(|c| (c.event_id.as_str(), c.endpoint_id.as_str()))
+            .collect();
+        rest.sort();
+        assert_eq!(
+            rest,
+            [("e1", "ep1"), ("e2", "ep1"), ("e2", "ep2")],
+            "[{}]",
+            db.label
+        );
+        // The leases taken at ingest hold until they expire.
+        assert_eq!(s.rescue_expired(60_999).await.unwrap(), 0, "[{}]", db.label);
+        assert_eq!(s.rescue_expired(61_001).await.unwrap(), 6, "[{}]", db.label);
+    }
+}

@@ -538,6 +538,23 @@ impl Store {
     /// [`IngestOutcome::Exists`]. Returns one outcome per input, in order,
     /// only after the commit.
     pub async fn ingest(&self, batch: &[NewEvent], now: i64) -> Result<Vec<IngestOutcome>> {
+        Ok(self.ingest_claiming(batch, now, None).await?.0)
+    }
+
+    /// Like [`Store::ingest`], and in the same transaction claims some of
+    /// the new deliveries for a worker in this process, so that they need
+    /// no claim transaction of their own. `claim.admit` is asked, in order,
+    /// about each new delivery whose endpoint may be claimed now (breaker
+    /// closed, no rate limit); a delivery it admits is stored in flight
+    /// under `claim.owner`'s lease, with its `created` and `claimed`
+    /// transitions, and returned as a [`Claimed`], in the order admitted.
+    /// The others are stored pending, as by [`Store::ingest`].
+    pub async fn ingest_claiming(
+        &self,
+        batch: &[NewEvent],
+        now: i64,
+        mut claim: Option<ClaimAtIngest<'_>>,
+    ) -> Result<(Vec<IngestOutcome>, Vec<Claimed>)> {
         // Duplicates inside the batch are settled here, before the database.
         let mut seen_ids = HashSet::new();
         let mut seen_keys = HashSet::new();
@@ -581,49 +598,83 @@ impl Store {
                     inserted.insert(row.try_get::<String, _>(0)?);
                 }
             }
-            let endpoints: Vec<(String, String)> = sqlx::query_as(
-                "SELECT id, event_types FROM endpoints WHERE deleted_at IS NULL AND NOT disabled ORDER BY id",
+            let endpoints: Vec<(String, String, bool)> = sqlx::query_as(
+                "SELECT id, event_types, breaker_state = 'closed' AND rate_limit_per_s IS NULL \
+                 FROM endpoints WHERE deleted_at IS NULL AND NOT disabled ORDER BY id",
             )
             .fetch_all(&mut *tx)
             .await?;
             let endpoints = parse_endpoint_filters(endpoints)?;
-            let mut deliveries: Vec<(usize, String, String)> = Vec::new(); // (batch index, delivery id, endpoint id)
+            let mut deliveries: Vec<NewDelivery> = Vec::new();
             for (i, e) in batch.iter().enumerate() {
                 if !fresh[i] || !inserted.contains(&e.id) {
                     continue;
                 }
-                for (endpoint_id, types) in &endpoints {
+                for (endpoint_id, types, claimable) in &endpoints {
                     if types.is_empty() || types.iter().any(|t| t == &e.event_type) {
-                        deliveries.push((i, crate::ids::delivery_id(), endpoint_id.clone()));
+                        let claimed = *claimable
+                            && claim.as_mut().is_some_and(|c| (c.admit)(endpoint_id));
+                        deliveries.push(NewDelivery {
+                            event: i,
+                            id: crate::ids::delivery_id(),
+                            endpoint_id: endpoint_id.clone(),
+                            claimed,
+                        });
                     }
                 }
             }
+            let (owner, lease_until) = match &claim {
+                Some(c) => (Some(c.owner), Some(c.lease_until)),
+                None => (None, None),
+            };
             for chunk in deliveries.chunks(ROWS_PER_INSERT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO deliveries (id, event_id, endpoint_id, state, attempt_count, \
-                     next_attempt_at, created_at, updated_at) ",
+                     next_attempt_at, lease_owner, lease_expires_at, claimed_from, created_at, updated_at) ",
                 );
-                qb.push_values(chunk, |mut b, (i, id, endpoint)| {
-                    b.push_bind(id)
-                        .push_bind(&batch[*i].id)
-                        .push_bind(endpoint)
-                        .push_bind(DeliveryState::Pending.as_str())
-                        .push_bind(0i64)
-                        .push_bind(now)
-                        .push_bind(now)
-                        .push_bind(now);
+                qb.push_values(chunk, |mut b, d| {
+                    b.push_bind(&d.id)
+                        .push_bind(&batch[d.event].id)
+                        .push_bind(&d.endpoint_id);
+                    if d.claimed {
+                        b.push_bind(DeliveryState::InFlight.as_str())
+                            .push_bind(1i64)
+                            .push_bind(None::<i64>)
+                            .push_bind(owner)
+                            .push_bind(lease_until)
+                            .push_bind(Some(DeliveryState::Pending.as_str()));
+                    } else {
+                        b.push_bind(DeliveryState::Pending.as_str())
+                            .push_bind(0i64)
+                            .push_bind(Some(now))
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<i64>)
+                            .push_bind(None::<&str>);
+                    }
+                    b.push_bind(now).push_bind(now);
                 });
                 qb.build().execute(&mut *tx).await?;
+                // Every delivery's `created`, then the `claimed` of those
+                // claimed here: rows take their sequence numbers in order.
+                let claimed_here = chunk.iter().filter(|d| d.claimed);
+                let rows = chunk.iter().map(|d| (d, false)).chain(claimed_here.map(|d| (d, true)));
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO delivery_transitions (delivery_id, from_state, to_state, attempt, reason, at) ",
                 );
-                qb.push_values(chunk, |mut b, (_, id, _)| {
-                    b.push_bind(id)
-                        .push_bind(None::<String>)
-                        .push_bind(DeliveryState::Pending.as_str())
-                        .push_bind(0i64)
-                        .push_bind(TransitionReason::Created.as_str())
-                        .push_bind(now);
+                qb.push_values(rows, |mut b, (d, claimed)| {
+                    b.push_bind(&d.id);
+                    if claimed {
+                        b.push_bind(Some(DeliveryState::Pending.as_str()))
+                            .push_bind(DeliveryState::InFlight.as_str())
+                            .push_bind(1i64)
+                            .push_bind(TransitionReason::Claimed.as_str());
+                    } else {
+                        b.push_bind(None::<&str>)
+                            .push_bind(DeliveryState::Pending.as_str())
+                            .push_bind(0i64)
+                            .push_bind(TransitionReason::Created.as_str());
+                    }
+                    b.push_bind(now);
                 });
                 qb.build().execute(&mut *tx).await?;
             }
@@ -632,13 +683,23 @@ impl Store {
         });
 
         let mut per_event: HashMap<usize, Vec<DeliveryRef>> = HashMap::new();
-        for (i, id, endpoint_id) in deliveries {
-            per_event
-                .entry(i)
-                .or_default()
-                .push(DeliveryRef { id, endpoint_id });
+        let mut claimed = Vec::new();
+        for d in deliveries {
+            if d.claimed {
+                claimed.push(Claimed {
+                    id: d.id.clone(),
+                    event_id: batch[d.event].id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    attempt: 1,
+                    from: DeliveryState::Pending,
+                });
+            }
+            per_event.entry(d.event).or_default().push(DeliveryRef {
+                id: d.id,
+                endpoint_id: d.endpoint_id,
+            });
         }
-        Ok(batch
+        let outcomes = batch
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -648,7 +709,8 @@ impl Store {
                     IngestOutcome::Exists
                 }
             })
-            .collect())
+            .collect();
+        Ok((outcomes, claimed))
     }
 
     // ----- deliveries ------------------------------------------------------
@@ -1595,15 +1657,27 @@ fn parse_state(s: &str) -> Result<DeliveryState> {
         .map_err(|e: crate::state::UnknownState| StoreError::Corrupt(e.to_string()))
 }
 
-fn parse_endpoint_filters(rows: Vec<(String, String)>) -> Result<Vec<(String, Vec<String>)>> {
+/// A delivery ingest creates: the index of its event in the batch, and
+/// whether it is claimed in the same transaction.
+struct NewDelivery {
+    event: usize,
+    id: String,
+    endpoint_id: String,
+    claimed: bool,
+}
+
+/// Parses each endpoint's `event_types`, keeping what follows it.
+fn parse_endpoint_filters<T>(
+    rows: Vec<(String, String, T)>,
+) -> Result<Vec<(String, Vec<String>, T)>> {
     rows.into_iter()
-        .map(|(id, types)| {
+        .map(|(id, types, rest)| {
             let types: Vec<String> = serde_json::from_str(&types).map_err(|e| {
                 StoreError::Corrupt(format!(
                     "endpoint {id}: event_types is not a JSON list: {e}"
                 ))
             })?;
-            Ok((id, types))
+            Ok((id, types, rest))
         })
         .collect()
 }

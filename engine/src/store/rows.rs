@@ -194,6 +194,17 @@ pub(crate) struct ClaimedRaw {
     pub claimed_from: String,
 }
 
+/// Who claims new deliveries at ingest ([`crate::store::Store::ingest_claiming`]).
+pub struct ClaimAtIngest<'a> {
+    /// The lease owner (the worker in this process).
+    pub owner: &'a str,
+    /// When the leases expire, unix ms.
+    pub lease_until: i64,
+    /// Asked once per new delivery that may be claimed, with its endpoint
+    /// id: whether the worker takes it now (it reserves room for it).
+    pub admit: &'a mut (dyn FnMut(&str) -> bool + Send),
+}
+
 /// What [`crate::store::Store::claim_with`] may lease in one transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimSpec<'a> {
