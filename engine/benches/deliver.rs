@@ -21,6 +21,8 @@
 //! any load: an upper bound for the engine alone) and peak RSS (VmHWM).
 //!
 //! Environment: BENCH_EVENTS (default 10000), BENCH_CONCURRENCY (64),
+//! BENCH_HALF_RATE (deliveries/s offered in the half run instead of half
+//! the max run's rate: for comparing two builds at the same load),
 //! BENCH_DEADLINE (the hanging endpoints' deadline, default "2s"),
 //! HOOKSHIFT_BENCH_POSTGRES_URL or HOOKSHIFT_TEST_POSTGRES_URL. The load
 //! generator and receiver share the 2 cores with the engine, so the figures
@@ -384,7 +386,10 @@ fn main() {
                 fresh_store(backend, dir.path(), n, pg.as_deref())
             };
             let max = run(&format!("{backend}-max"), store().await, events, concurrency, Mode::Max, 0, &deadline).await;
-            let half_rate = max.per_s / 2.0;
+            let half_rate = std::env::var("BENCH_HALF_RATE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(max.per_s / 2.0);
             let half = run(&format!("{backend}-half"), store().await, events, concurrency, Mode::Paced(half_rate), 0, &deadline).await;
             let hang = run(&format!("{backend}-hang"), store().await, events, concurrency, Mode::Max, 3, &deadline).await;
             eprintln!(
