@@ -518,11 +518,7 @@ impl Worker {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(batch) = handed.recv() => {
-                    run_handed(&inner, &mut tasks, batch).await;
-                    // Take whatever else ingest has handed over meanwhile.
-                    while let Ok(batch) = handed.try_recv() {
-                        run_handed(&inner, &mut tasks, batch).await;
-                    }
+                    run_handed(&inner, &mut tasks, batch);
                     continue;
                 }
                 _ = self.wake.notified() => look = true,
@@ -578,27 +574,35 @@ impl Worker {
     }
 }
 
-/// Starts one attempt as a task of `tasks`; its slot is given back when
-/// it ends.
+/// Starts one attempt as a task of `tasks`.
 fn spawn_attempt(
     inner: &Arc<Inner>,
     tasks: &mut JoinSet<()>,
     reserved: Reserved,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let inner = inner.clone();
     inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    tasks.spawn(async move {
-        let endpoint = reserved.claim.endpoint_id.clone();
-        attempt(&inner, reserved).await;
-        inner.done_with(&endpoint);
-        inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
-    });
+    tasks.spawn(run_attempt(inner.clone(), reserved, permit));
 }
 
-/// Starts the attempts of deliveries claimed at ingest.
-async fn run_handed(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, batch: Vec<Handed>) {
+/// Runs one attempt, counted in flight by the caller; its slot is given
+/// back when it ends.
+async fn run_attempt(
+    inner: Arc<Inner>,
+    reserved: Reserved,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let endpoint = reserved.claim.endpoint_id.clone();
+    attempt(&inner, reserved).await;
+    inner.done_with(&endpoint);
+    inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+}
+
+/// Starts the attempts of deliveries claimed at ingest: one task per
+/// batch loads what they need (off the claim loop, which must not wait on
+/// those reads) and then runs them side by side.
+fn run_handed(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, batch: Vec<Handed>) {
     let now = inner.clock.now_ms();
     let mut out: Vec<(Reserved, tokio::sync::OwnedSemaphorePermit)> = batch
         .into_iter()
@@ -611,10 +615,18 @@ async fn run_handed(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, batch: Vec<Hand
             (reserved, slot.into_permit())
         })
         .collect();
-    prefetch(inner, &mut out, now).await;
-    for (reserved, permit) in out {
-        spawn_attempt(inner, tasks, reserved, permit);
-    }
+    inner
+        .metrics
+        .in_flight
+        .fetch_add(out.len() as i64, Ordering::Relaxed);
+    let inner = inner.clone();
+    tasks.spawn(async move {
+        prefetch(&inner, &mut out, now).await;
+        let attempts = out
+            .into_iter()
+            .map(|(reserved, permit)| run_attempt(inner.clone(), reserved, permit));
+        futures::future::join_all(attempts).await;
+    });
 }
 
 impl Inner {
