@@ -59,6 +59,10 @@ pub struct Metrics {
     http_seconds: Histogram,
     /// Deliveries moved back by the lease rescuer.
     pub lease_rescues: AtomicU64,
+    /// Deliveries this process's worker took: claimed by ingest and handed
+    /// over in memory, or claimed by the worker's own claim loop.
+    pub claimed_at_ingest: AtomicU64,
+    pub claimed_by_worker: AtomicU64,
     attempts_by_outcome: [AtomicU64; crate::state::OutcomeClass::ALL.len()],
     attempt_seconds: Histogram,
     /// Attempts this process has in flight now.
@@ -193,6 +197,16 @@ impl Metrics {
                 load(&self.attempts_by_outcome[i])
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP hookshift_deliveries_claimed_total Deliveries this process's worker took, by who claimed them: \
+             ingest (in its own transaction, handed over in memory) or the worker's claim loop.\n\
+             # TYPE hookshift_deliveries_claimed_total counter\n\
+             hookshift_deliveries_claimed_total{{by=\"ingest\"}} {}\n\
+             hookshift_deliveries_claimed_total{{by=\"worker\"}} {}",
+            load(&self.claimed_at_ingest),
+            load(&self.claimed_by_worker)
+        );
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };

@@ -619,6 +619,10 @@ fn run_handed(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, batch: Vec<Handed>) {
         .metrics
         .in_flight
         .fetch_add(out.len() as i64, Ordering::Relaxed);
+    inner
+        .metrics
+        .claimed_at_ingest
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
     let inner = inner.clone();
     tasks.spawn(async move {
         prefetch(&inner, &mut out, now).await;
@@ -763,6 +767,10 @@ async fn claim_batch(
             }
         }
     }
+    inner
+        .metrics
+        .claimed_by_worker
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
     prefetch(inner, &mut out, now).await;
     (out, more)
 }

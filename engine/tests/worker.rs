@@ -648,8 +648,55 @@ async fn metrics_show_the_worker() {
         "hookshift_endpoint_breakers{state=\"open\"} 0",
         "hookshift_lease_rescues_total 0",
         "hookshift_attempt_seconds_count 1",
+        // An idle worker takes a new delivery straight from ingest.
+        "hookshift_deliveries_claimed_total{by=\"ingest\"} 1",
+        "hookshift_deliveries_claimed_total{by=\"worker\"} 0",
     ] {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
     s.engine.shutdown().await;
+}
+
+/// With every slot taken, ingest hands nothing over: new deliveries wait,
+/// pending, for the claim loop, which takes them as slots free up, in order.
+#[tokio::test]
+async fn a_full_worker_leaves_new_deliveries_to_its_claim_loop() {
+    for db in TestDb::all().await {
+        // The first request stalls its body until the 400 ms deadline.
+        let rx = receiver(vec![Reply::StallBody, Reply::Status(200)]).await;
+        let mut cfg = config(true);
+        cfg.worker.max_in_flight = 1;
+        cfg.worker.retry_schedule = Some("1h".into());
+        let s = Setup::new(db.store.clone(), cfg, Arc::new(SystemClock)).await;
+        s.endpoint("ep", json!({"url": rx.url})).await;
+        let first = s.event("evt_full_1", json!({})).await;
+        // The first is in flight (claimed at ingest) while the next arrive.
+        s.wait_for(&first, &["in_flight"]).await;
+        let second = s.event("evt_full_2", json!({})).await;
+        let third = s.event("evt_full_3", json!({})).await;
+        for id in [&second, &third] {
+            let d = s.delivery(id).await;
+            assert_eq!(d["state"], "pending", "[{}] {d:#}", db.label);
+        }
+        s.wait_for(&second, &["succeeded"]).await;
+        s.wait_for(&third, &["succeeded"]).await;
+        let d = s.delivery(&first).await;
+        assert_eq!(d["state"], "retry_scheduled", "[{}] {d:#}", db.label);
+        let m = s
+            .http
+            .get(format!("{}/metrics", s.engine.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "hookshift_deliveries_claimed_total{by=\"ingest\"} 1",
+            "hookshift_deliveries_claimed_total{by=\"worker\"} 2",
+        ] {
+            assert!(m.contains(line), "[{}] missing `{line}` in\n{m}", db.label);
+        }
+        s.engine.shutdown().await;
+    }
 }
