@@ -229,8 +229,17 @@ async fn run(
                                 "customer": {"id": "cus_123", "tags": ["vip", "eu"]}}
                 });
                 let ok = match http.post(url).json(&body).send().await {
-                    Ok(r) => r.status() == reqwest::StatusCode::ACCEPTED,
-                    Err(_) => false,
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => true,
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        eprintln!("  post {i}: {status} {text}");
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("  post {i}: {e}");
+                        false
+                    }
                 };
                 if ok {
                     let healthy = PER_GROUP - usize::from(i % GROUPS < hanging);
