@@ -1173,7 +1173,8 @@ impl Store {
         recs: &[AttemptRecord],
         breaker: &BreakerPolicy,
     ) -> Result<Vec<Recorded>> {
-        let lock = if self.kind() == BackendKind::Postgres {
+        let kind = self.kind();
+        let lock = if kind == BackendKind::Postgres {
             " FOR UPDATE"
         } else {
             ""
@@ -1212,7 +1213,17 @@ impl Store {
                     ") UPDATE deliveries SET claimed_from = deliveries.state, state = v.state, \
                      next_attempt_at = v.next_at, last_outcome = v.outcome, lease_owner = NULL, \
                      lease_expires_at = NULL, updated_at = v.at FROM v \
-                     WHERE deliveries.id = v.id AND deliveries.state = 'in_flight' \
+                     WHERE deliveries.id = v.id AND ",
+                );
+                // SQLite otherwise finds the rows through `deliveries_state
+                // (state, id)`, an index this statement changes, which makes
+                // it collect them first and update in a second pass; unary
+                // `+` keeps that index out and the primary key in.
+                if kind == BackendKind::Sqlite {
+                    qb.push("+");
+                }
+                qb.push(
+                    "deliveries.state = 'in_flight' \
                      AND deliveries.lease_owner = v.owner AND deliveries.attempt_count = v.attempt \
                      RETURNING deliveries.id, deliveries.attempt_count",
                 );
