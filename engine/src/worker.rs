@@ -243,9 +243,10 @@ struct Inner {
     profiles: HashMap<String, Profile>,
     /// Finished attempts on their way to the recorders.
     records: mpsc::Sender<RecordJob>,
-    /// Set when ingest left a delivery pending for want of room, cleared
-    /// when a claim finds no more due than it asked for. While set, ingest
-    /// hands nothing over, so new deliveries do not overtake waiting ones.
+    /// Set when ingest left a delivery pending for want of room or a claim
+    /// took all it asked for; cleared when a claim finds less. While set,
+    /// ingest hands nothing over, so new deliveries do not overtake waiting
+    /// ones.
     backlog: std::sync::atomic::AtomicBool,
 }
 
@@ -713,12 +714,12 @@ async fn claim_batch(
             return (Vec::new(), true);
         }
     };
-    let more = claims.len() as i64 >= limit || !skip.is_empty();
-    if (claims.len() as i64) < limit {
-        // Nothing else is due that this worker may take: ingest may hand
-        // new deliveries over again.
-        inner.backlog.store(false, Ordering::Release);
-    }
+    let full = claims.len() as i64 >= limit;
+    let more = full || !skip.is_empty();
+    // A full claim may have left due deliveries behind (after a restart,
+    // say): ingest hands nothing over until a claim finds less than it
+    // asked for, so that new deliveries do not overtake them.
+    inner.backlog.store(full, Ordering::Release);
     if !limits.is_empty() {
         let mut buckets = inner.buckets.lock().expect("buckets");
         for claim in &claims {

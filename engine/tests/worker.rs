@@ -85,6 +85,18 @@ impl Setup {
             .unwrap()
     }
 
+    /// The engine's Prometheus text.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.engine.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the delivery is in `state` (or panics with its history).
     async fn wait_for(&self, id: &str, states: &[&str]) -> Value {
         for _ in 0..600 {
@@ -631,15 +643,7 @@ async fn metrics_show_the_worker() {
     s.wait_for(&id, &["succeeded"]).await;
     // The gauges are sampled every second.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let m = s
-        .http
-        .get(format!("{}/metrics", s.engine.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     for line in [
         "hookshift_attempts_total{outcome=\"delivered\"} 1",
         "hookshift_attempts_in_flight 0",
@@ -682,15 +686,7 @@ async fn a_full_worker_leaves_new_deliveries_to_its_claim_loop() {
         s.wait_for(&third, &["succeeded"]).await;
         let d = s.delivery(&first).await;
         assert_eq!(d["state"], "retry_scheduled", "[{}] {d:#}", db.label);
-        let m = s
-            .http
-            .get(format!("{}/metrics", s.engine.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = s.metrics().await;
         for line in [
             "hookshift_deliveries_claimed_total{by=\"ingest\"} 1",
             "hookshift_deliveries_claimed_total{by=\"worker\"} 2",
