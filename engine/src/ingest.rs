@@ -133,19 +133,7 @@ async fn write_batch(
         if let Some(handoff) = handoff {
             // `admit` reserved one slot per claimed delivery, in order.
             debug_assert_eq!(claimed.len(), slots.len());
-            let handed: Vec<_> = claimed.into_iter().zip(slots.drain(..)).collect();
-            if let Err(back) = handoff.deliver(handed) {
-                // The worker stopped after the claim: give the leases back.
-                let (store, owner) = (store.clone(), handoff.owner().to_string());
-                tokio::spawn(async move {
-                    for (claim, slot) in back {
-                        drop(slot);
-                        if let Err(e) = store.release(&claim, &owner, now).await {
-                            tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
-                        }
-                    }
-                });
-            }
+            handoff.deliver(claimed.into_iter().zip(slots.drain(..)).collect());
         }
         outcomes
     });

@@ -367,34 +367,24 @@ impl Handoff {
         if self.tx.is_closed() || self.inner.backlog.load(Ordering::Acquire) {
             return None;
         }
-        let full = || {
+        let slot = self.inner.reserve(endpoint);
+        if slot.is_none() {
             self.inner.backlog.store(true, Ordering::Release);
-            None
-        };
-        let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
-            return full();
-        };
-        let mut map = self.inner.per_endpoint.lock().expect("per-endpoint map");
-        let n = map.entry(endpoint.to_string()).or_default();
-        if *n >= self.inner.cfg.per_endpoint {
-            return full();
         }
-        *n += 1;
-        Some(Slot {
-            inner: self.inner.clone(),
-            endpoint: endpoint.to_string(),
-            permit: Some(permit),
-        })
+        slot
     }
 
     /// Gives claimed deliveries, each with the slot reserved for it, to the
-    /// worker. When the worker has stopped, hands them back: their leases
-    /// are this worker's, so the caller should release them.
-    pub fn deliver(&self, handed: Vec<(Claimed, Slot)>) -> Result<(), Vec<(Claimed, Slot)>> {
+    /// worker. When the worker has stopped meanwhile, releases them instead
+    /// (in a task of its own), so they need not wait for their leases.
+    pub fn deliver(&self, handed: Vec<(Claimed, Slot)>) {
         if handed.is_empty() {
-            return Ok(());
+            return;
         }
-        self.tx.send(handed).map_err(|e| e.0)
+        if let Err(back) = self.tx.send(handed) {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.give_back(back.0).await });
+        }
     }
 }
 
@@ -544,16 +534,7 @@ impl Worker {
         // deliveries pending. Any handed over already are released.
         handed.close();
         while let Ok(batch) = handed.try_recv() {
-            for (claim, slot) in batch {
-                drop(slot);
-                if let Err(e) = inner
-                    .store
-                    .release(&claim, &inner.owner, inner.clock.now_ms())
-                    .await
-                {
-                    tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
-                }
-            }
+            inner.give_back(batch).await;
         }
         rescuer.abort();
         gauges.abort();
@@ -635,6 +616,43 @@ fn run_handed(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, batch: Vec<Handed>) {
 }
 
 impl Inner {
+    /// Reserves room for one attempt to `endpoint`: a free slot, and the
+    /// endpoint under its cap. None (and nothing taken) when either is full.
+    fn reserve(self: &Arc<Self>, endpoint: &str) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let mut map = self.per_endpoint.lock().expect("per-endpoint map");
+        let n = map.entry(endpoint.to_string()).or_default();
+        if *n >= self.cfg.per_endpoint {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            inner: self.clone(),
+            endpoint: endpoint.to_string(),
+            permit: Some(permit),
+        })
+    }
+
+    /// Releases claims this worker holds but will not attempt (their room is
+    /// given back as the slots drop), so they need not wait for the lease.
+    async fn give_back(&self, claims: Vec<(Claimed, Slot)>) {
+        for (claim, slot) in claims {
+            drop(slot);
+            self.release(&claim).await;
+        }
+    }
+
+    /// Releases one claim; on failure its lease expires instead.
+    async fn release(&self, claim: &Claimed) {
+        if let Err(e) = self
+            .store
+            .release(claim, &self.owner, self.clock.now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
+        }
+    }
+
     fn done_with(&self, endpoint: &str) {
         let mut map = self.per_endpoint.lock().expect("per-endpoint map");
         if let Some(n) = map.get_mut(endpoint) {
@@ -730,42 +748,16 @@ async fn claim_batch(
     }
     let mut out = Vec::with_capacity(claims.len());
     for claim in claims {
-        let over_cap = {
-            let mut map = inner.per_endpoint.lock().expect("per-endpoint map");
-            let n = map.entry(claim.endpoint_id.clone()).or_default();
-            if *n >= inner.cfg.per_endpoint {
-                true
-            } else {
-                *n += 1;
-                false
-            }
-        };
-        let permit = if over_cap {
-            None
-        } else {
-            inner.slots.clone().try_acquire_owned().ok()
-        };
-        match permit {
-            Some(permit) => out.push((
+        match inner.reserve(&claim.endpoint_id) {
+            Some(slot) => out.push((
                 Reserved {
                     claim,
                     started_at: now,
                     prefetched: None,
                 },
-                permit,
+                slot.into_permit(),
             )),
-            None => {
-                if !over_cap {
-                    inner.done_with(&claim.endpoint_id);
-                }
-                if let Err(e) = inner
-                    .store
-                    .release(&claim, &inner.owner, inner.clock.now_ms())
-                    .await
-                {
-                    tracing::warn!(error = %e, delivery = %claim.id, "release failed; the lease will expire");
-                }
-            }
+            None => inner.release(&claim).await,
         }
     }
     inner

@@ -1718,11 +1718,7 @@ mod tests {
             "ep",
             &EndpointSpec {
                 url: "https://example.com/h".into(),
-                description: None,
-                event_types: Vec::new(),
-                disabled: false,
-                rate_limit_per_s: None,
-                profile: None,
+                ..EndpointSpec::default()
             },
             Some("whsec_x"),
             1,
