@@ -20,6 +20,12 @@
 //! Also idle RSS (VmRSS of this process with an idle engine started, before
 //! any load: an upper bound for the engine alone) and peak RSS (VmHWM).
 //!
+//! The load generator and the receivers run on a runtime of their own, on
+//! threads named `bench-load`, so that each run can print the CPU time per
+//! delivery that the engine's threads used (its runtime's workers and the
+//! database driver's threads) apart from the load's: the engine's CPU per
+//! delivery bounds what two cores can deliver, whatever the scheduling.
+//!
 //! Environment: BENCH_EVENTS (default 10000), BENCH_CONCURRENCY (64),
 //! BENCH_HALF_RATE (deliveries/s offered in the half run instead of half
 //! the max run's rate: for comparing two builds at the same load),
@@ -39,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 
 const GROUPS: usize = 10;
 const PER_GROUP: usize = 3;
@@ -60,6 +67,79 @@ fn proc_status_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) used so far by this process's threads, in
+/// microseconds, summed by thread name (`/proc/self/task/*/stat`). Threads
+/// that ended before the call are not counted; the engine's and the load's
+/// threads live as long as their runtimes.
+fn cpu_by_thread_name() -> std::collections::BTreeMap<String, u64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces, so split at the
+        // last ')'; utime and stime are the 12th and 13th fields after it.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        *by_name.entry(name).or_insert(0) += ticks * 1_000_000 / ticks_per_s;
+    }
+    by_name
+}
+
+/// CPU microseconds per delivery between two [`cpu_by_thread_name`]
+/// readings: (engine, of which database threads; load generator and
+/// receivers).
+fn cpu_per_delivery(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    deliveries: usize,
+) -> CpuFigures {
+    let mut engine = 0;
+    let mut database = 0;
+    let mut load = 0;
+    for (name, &us) in after {
+        let used = us.saturating_sub(before.get(name).copied().unwrap_or(0));
+        if name == LOAD_THREADS {
+            load += used;
+        } else {
+            engine += used;
+            if name.starts_with("sqlx") {
+                database += used;
+            }
+        }
+    }
+    let per = |us: u64| us as f64 / deliveries.max(1) as f64;
+    CpuFigures {
+        engine_us: per(engine),
+        database_us: per(database),
+        load_us: per(load),
+    }
+}
+
+/// The load generator's and receivers' thread name.
+const LOAD_THREADS: &str = "bench-load";
+
+#[derive(Clone, Copy, Default)]
+struct CpuFigures {
+    /// Every thread but the load's: the engine's runtime, the database
+    /// driver's threads (SQLite's connections), the rest.
+    engine_us: f64,
+    database_us: f64,
+    load_us: f64,
+}
+
 /// What the receiver saw: ingest-to-receipt latencies in microseconds.
 struct Seen {
     latency: Mutex<Histogram<u64>>,
@@ -69,10 +149,11 @@ struct Seen {
 /// A keep-alive HTTP/1.1 receiver on 127.0.0.1:0. Each request's payload
 /// carries `"t"`, microseconds since `epoch` when its event was posted.
 /// With `hang`, requests are read and never answered.
-async fn receiver(epoch: Instant, seen: Arc<Seen>, hang: bool) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+async fn receiver(load: &Handle, epoch: Instant, seen: Arc<Seen>, hang: bool) -> String {
+    let (bound, addr) = tokio::sync::oneshot::channel();
+    load.spawn(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _ = bound.send(listener.local_addr().unwrap());
         while let Ok((sock, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
@@ -80,7 +161,7 @@ async fn receiver(epoch: Instant, seen: Arc<Seen>, hang: bool) -> String {
             });
         }
     });
-    format!("http://{addr}/hook")
+    format!("http://{}/hook", addr.await.unwrap())
 }
 
 async fn serve(
@@ -156,9 +237,12 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
+    cpu: CpuFigures,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
+    load: &Handle,
     label: &str,
     store: Store,
     events: usize,
@@ -187,13 +271,20 @@ async fn run(
         .pool_max_idle_per_host(concurrency)
         .build()
         .unwrap();
+    // Posts go through a client of their own, whose connections the load
+    // runtime drives (the admin client's are the engine runtime's).
+    let admin = http.clone();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
     let mut n = 0;
     for g in 0..GROUPS {
         for k in 0..PER_GROUP {
             // The first endpoint of the first `hanging` groups never answers.
             let hang = k == 0 && g < hanging;
-            let url = receiver(epoch, seen.clone(), hang).await;
-            let r = http
+            let url = receiver(load, epoch, seen.clone(), hang).await;
+            let r = admin
                 .put(format!(
                     "{}/v1/endpoints/bench_{label}_{g}_{k}",
                     engine.base
@@ -250,6 +341,7 @@ async fn run(
         }
     };
     let errors = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_by_thread_name();
     let started = Instant::now();
     let progress = {
         let seen = seen.clone();
@@ -273,7 +365,7 @@ async fn run(
                 let next = next.clone();
                 let post = post.clone();
                 let errors = errors.clone();
-                tasks.push(tokio::spawn(async move {
+                tasks.push(load.spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= events {
@@ -295,7 +387,7 @@ async fn run(
                 let permit = limit.clone().acquire_owned().await.unwrap();
                 let post = post.clone();
                 let errors = errors.clone();
-                tasks.push(tokio::spawn(async move {
+                tasks.push(load.spawn(async move {
                     if !post(i).await {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -308,8 +400,20 @@ async fn run(
         t.await.unwrap();
     }
     let healthy_total = expected.load(Ordering::Relaxed);
-    // Wait until every healthy delivery is persisted as succeeded.
+    // Wait until every healthy delivery is persisted as succeeded. The
+    // store is asked only once the receivers have seen them all: counting
+    // is a scan the engine's database threads would otherwise run 50 times
+    // a second, in the CPU time charged to the engine.
     let done_at = loop {
+        if seen.count.load(Ordering::Relaxed) < healthy_total {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "[{label}] only {} of {healthy_total} received after 600 s",
+                seen.count.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         let by_state = store.count_by_state().await.unwrap();
         let ok = by_state
             .get(&DeliveryState::Succeeded)
@@ -324,6 +428,7 @@ async fn run(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let cpu = cpu_per_delivery(&cpu_before, &cpu_by_thread_name(), healthy_total);
     progress.abort();
     engine.shutdown().await;
     let hist = seen.latency.lock().unwrap().clone();
@@ -333,6 +438,7 @@ async fn run(
         p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         errors: errors.load(Ordering::Relaxed),
+        cpu,
     }
 }
 
@@ -364,6 +470,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(LOAD_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let load = load_rt.handle().clone();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let pg = std::env::var("HOOKSHIFT_BENCH_POSTGRES_URL")
@@ -394,29 +507,30 @@ fn main() {
                 n += 1;
                 fresh_store(backend, dir.path(), n, pg.as_deref())
             };
-            let max = run(&format!("{backend}-max"), store().await, events, concurrency, Mode::Max, 0, &deadline).await;
+            let max = run(&load, &format!("{backend}-max"), store().await, events, concurrency, Mode::Max, 0, &deadline).await;
             let half_rate = std::env::var("BENCH_HALF_RATE")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(max.per_s / 2.0);
-            let half = run(&format!("{backend}-half"), store().await, events, concurrency, Mode::Paced(half_rate), 0, &deadline).await;
-            let hang = run(&format!("{backend}-hang"), store().await, events, concurrency, Mode::Max, 3, &deadline).await;
+            let half = run(&load, &format!("{backend}-half"), store().await, events, concurrency, Mode::Paced(half_rate), 0, &deadline).await;
+            let hang = run(&load, &format!("{backend}-hang"), store().await, events, concurrency, Mode::Max, 3, &deadline).await;
             eprintln!(
-                "  [{backend}] max {:.0}/s; half rate p50 {:.2} ms, p99 {:.2} ms; hanging {:.0}/s healthy ({:.0}%); errors {}/{}/{}",
-                max.per_s, half.p50_ms, half.p99_ms, hang.per_s, 100.0 * hang.per_s / max.per_s,
+                "  [{backend}] max {:.0}/s (engine CPU {:.0} µs/delivery, load {:.0}); half rate p50 {:.2} ms, p99 {:.2} ms; hanging {:.0}/s healthy ({:.0}%); errors {}/{}/{}",
+                max.per_s, max.cpu.engine_us, max.cpu.load_us, half.p50_ms, half.p99_ms, hang.per_s, 100.0 * hang.per_s / max.per_s,
                 max.errors, half.errors, hang.errors
             );
             rows.push((backend, max, half, half_rate, hang));
         }
         let peak_rss_kib = proc_status_kib("VmHWM:");
         println!();
-        println!("| backend  | run                         | deliveries | deliveries/s | p50 ms | p99 ms | errors |");
-        println!("|----------|-----------------------------|-----------:|-------------:|-------:|-------:|-------:|");
+        println!("| backend  | run                         | deliveries | deliveries/s | p50 ms | p99 ms | errors | engine CPU µs/delivery (database) | load CPU µs/delivery |");
+        println!("|----------|-----------------------------|-----------:|-------------:|-------:|-------:|-------:|----------------------------------:|---------------------:|");
         for (backend, max, half, half_rate, hang) in &rows {
             let line = |name: String, f: &Figures| {
                 println!(
-                    "| {backend:<8} | {name:<27} | {:>10} | {:>12.0} | {:>6.2} | {:>6.2} | {:>6} |",
-                    f.deliveries, f.per_s, f.p50_ms, f.p99_ms, f.errors
+                    "| {backend:<8} | {name:<27} | {:>10} | {:>12.0} | {:>6.2} | {:>6.2} | {:>6} | {:>23.0} ({:>6.0}) | {:>20.0} |",
+                    f.deliveries, f.per_s, f.p50_ms, f.p99_ms, f.errors,
+                    f.cpu.engine_us, f.cpu.database_us, f.cpu.load_us
                 );
             };
             line("max, all healthy".into(), max);
@@ -425,6 +539,14 @@ fn main() {
             println!(
                 "| {backend:<8} | healthy throughput with 10% hanging: {:.0}% of all-healthy |",
                 100.0 * hang.per_s / max.per_s
+            );
+            // What the cores allow the engine at the max run's CPU cost per
+            // delivery, were it alone on the machine and every core busy.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "| {backend:<8} | engine CPU at max: {:.0} µs/delivery, so at most {:.0} deliveries/s on {cores} cores with no load generator |",
+                max.cpu.engine_us,
+                cores as f64 * 1e6 / max.cpu.engine_us.max(1.0)
             );
         }
         println!();
