@@ -311,7 +311,7 @@ pub struct Profile {
     pub content_type: String,
     /// Deadline for one attempt: connect, headers and body.
     pub timeout: Duration,
-    /// Whether 3xx responses are followed (Go's default: up to 10, POST → GET on 301/302/303).
+    /// Whether 3xx responses are followed (Go's default: at most 10 requests, the first and 9 redirects; POST → GET on 301/302/303).
     pub follow_redirects: bool,
     /// When and how often to retry.
     pub retry: RetryPolicy,

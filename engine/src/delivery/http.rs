@@ -54,9 +54,12 @@ use super::client::{self, Client, ProxyError, SendError};
 use super::ssrf::{BlockedDestination, Guard, GuardedResolver};
 use crate::state::OutcomeClass;
 
-/// Redirect hops a following client takes before it stops and reports the
-/// last 3xx as [`Outcome::Redirect`].
-pub const MAX_REDIRECT_HOPS: usize = 10;
+/// Requests one attempt makes at most when it follows redirects: the first
+/// and nine redirects, as Go's `http.Client`, whose default policy stops
+/// "after 10 redirects" counting the first request (checked against Go:
+/// a receiver that always redirects gets 10 requests). The last 3xx is then
+/// reported as [`Outcome::Redirect`].
+pub const MAX_REQUESTS_PER_ATTEMPT: usize = 10;
 
 /// Default cap on the response body kept (and read): 64 KiB.
 pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
@@ -109,7 +112,8 @@ pub struct OutboundRequest {
     pub body: Bytes,
     /// Covers connect, the response head and the body read.
     pub deadline: Duration,
-    /// Follow up to [`MAX_REDIRECT_HOPS`] redirects (each hop guarded).
+    /// Follow redirects, up to [`MAX_REQUESTS_PER_ATTEMPT`] requests in all
+    /// (each hop guarded).
     pub follow_redirects: bool,
     /// Write header names in Title-Case (`X-Event-Id`) instead of hyper's
     /// lowercase.
@@ -341,7 +345,7 @@ impl Sender {
             let status = resp.status().as_u16();
             if req.follow_redirects
                 && matches!(status, 301 | 302 | 303 | 307 | 308)
-                && hops < MAX_REDIRECT_HOPS
+                && hops + 1 < MAX_REQUESTS_PER_ATTEMPT
             {
                 if let Some(next) = next_hop(&url, resp.headers()) {
                     // The connection is reused only if the 3xx had no body
@@ -758,7 +762,7 @@ fn classify_status(
             let location = header(&LOCATION).map(str::to_string);
             let why = if following {
                 format!(
-                    "{answered}; redirect not followed (more than {MAX_REDIRECT_HOPS} hops, or no usable http(s) Location)"
+                    "{answered}; redirect not followed ({MAX_REQUESTS_PER_ATTEMPT} requests made, or no usable http(s) Location)"
                 )
             } else {
                 format!("{answered}; redirects are not followed for this endpoint")
