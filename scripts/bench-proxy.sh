@@ -17,6 +17,10 @@
 #   requests/s (5,000 by default) open-loop and measures each request from
 #   its due time, as wrk2 would (wrk2 is not packaged by Debian). "added
 #   p99" is a target's p99 at RATE minus the direct path's p99 at RATE.
+#   Over the same run, the proxy's CPU time per request (user + system,
+#   from /proc: the hookshift process, or nginx's master and workers):
+#   what the proxy asks of the two cores that it shares with the client
+#   and the upstreams.
 #
 # Fairness: every server is started before the first measurement and stays
 # up, and each round measures every target once, in turn, so a slow spell
@@ -138,7 +142,7 @@ EOF
 # Every target is started now: "name url" lines in measuring order.
 TARGETS="$W/targets"
 : > "$TARGETS"
-echo "direct http://127.0.0.1:$PRIMARY" >> "$TARGETS"
+echo "direct http://127.0.0.1:$PRIMARY -" >> "$TARGETS"
 
 NG=$(port)
 nginx_conf nginx "
@@ -146,7 +150,7 @@ nginx_conf nginx "
     server { listen 127.0.0.1:$NG;
         location / { proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://primary; } }"
 start_nginx nginx "$NG"
-echo "nginx http://127.0.0.1:$NG" >> "$TARGETS"
+echo "nginx http://127.0.0.1:$NG ${PIDS[-1]}" >> "$TARGETS"
 
 ADMINS=()
 for shadow in off mirror hanging; do
@@ -165,7 +169,7 @@ for shadow in off mirror hanging; do
             proxy_connect_timeout 1s; proxy_read_timeout 10s; proxy_send_timeout 10s;
             proxy_pass http://shadow\$request_uri; } }"
         start_nginx "nginx-$shadow" "$NM"
-        echo "nginx-mirror/shadow-$shadow http://127.0.0.1:$NM" >> "$TARGETS"
+        echo "nginx-mirror/shadow-$shadow http://127.0.0.1:$NM ${PIDS[-1]}" >> "$TARGETS"
     fi
 
     IN=$(port); EL=$(port); EE=$(port); AD=$(port)
@@ -191,12 +195,12 @@ EOF
     RUST_LOG=warn "$BIN" proxy serve --config "$W/hs-$shadow/proxy.toml" > "$W/hs-$shadow/out" 2> "$W/hs-$shadow/err" &
     PIDS+=($!)
     wait_port "$IN"
-    echo "hookshift/shadow-$shadow http://127.0.0.1:$IN" >> "$TARGETS"
+    echo "hookshift/shadow-$shadow http://127.0.0.1:$IN ${PIDS[-1]}" >> "$TARGETS"
     ADMINS+=("hookshift/shadow-$shadow=http://127.0.0.1:$AD")
 done
 
 RESULTS="$W/results" # round name rps wrk_p99_ms non2xx
-FIXED="$W/fixed"     # round name p99_ms ok late errors
+FIXED="$W/fixed"     # round name p99_ms ok late errors cpu_us_per_request
 : > "$RESULTS"
 : > "$FIXED"
 
@@ -213,20 +217,39 @@ measure() { # round, name, url
     printf '  round %s  %-28s %10.0f req/s   p99 %8.3f ms   non-2xx %s\n' "$round" "$name" "$rps" "$p99" "$non2xx" >&2
 }
 
+# CPU time (user + system) of a process and its children so far, in clock
+# ticks; "-" (the direct path has no proxy) gives 0.
+TICKS_PER_S=$(getconf CLK_TCK)
+cpu_ticks() { # pid
+    [ "$1" = - ] && { echo 0; return; }
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        # utime and stime: fields 14 and 15, counted after the ")" that
+        # closes the command name.
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$total"
+}
+
 # The fixed-rate client at $RATE requests/s.
-measure_fixed() { # round, name, url
-    local round=$1 name=$2 url=$3 line
+measure_fixed() { # round, name, url, pid
+    local round=$1 name=$2 url=$3 pid=$4 line before after cpu
+    before=$(cpu_ticks "$pid")
     line=$("$LOADGEN" --url "$url/v1/events" --rate "$RATE" --duration "${DURATION%s}" \
         --connections "$RATE_CONNECTIONS" --body "$BODY")
+    after=$(cpu_ticks "$pid")
     field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<< "$line"; }
-    echo "$round $name $(field p99_ms) $(field ok) $(field late) $(field errors)" >> "$FIXED"
-    printf '  round %s  %-28s %s\n' "$round" "$name" "$line" >&2
+    cpu=nan
+    [ "$pid" != - ] && cpu=$(awk -v t=$((after - before)) -v hz="$TICKS_PER_S" -v n="$(field ok)" \
+        'BEGIN { printf "%.0f", (n > 0) ? t * 1e6 / hz / n : 0 }')
+    echo "$round $name $(field p99_ms) $(field ok) $(field late) $(field errors) $cpu" >> "$FIXED"
+    printf '  round %s  %-28s %s cpu_us_per_request=%s\n' "$round" "$name" "$line" "$cpu" >&2
 }
 
 echo "bench-proxy: $ROUNDS rounds; wrk $DURATION, $CONNECTIONS connections, $THREADS threads; fixed rate $RATE req/s over $RATE_CONNECTIONS connections for $DURATION; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for round in $(seq "$ROUNDS"); do
-    while read -r name url; do measure "$round" "$name" "$url"; done < "$TARGETS"
-    while read -r name url; do measure_fixed "$round" "$name" "$url"; done < "$TARGETS"
+    while read -r name url _; do measure "$round" "$name" "$url"; done < "$TARGETS"
+    while read -r name url pid; do measure_fixed "$round" "$name" "$url" "$pid"; done < "$TARGETS"
 done
 echo "bench-proxy: done; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for a in "${ADMINS[@]}"; do
@@ -236,27 +259,29 @@ done
 
 # Each target's medians over the rounds, in measuring order.
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-SUMMARY="$W/summary" # name rps wrk_p99 fixed_p99 late
+SUMMARY="$W/summary" # name rps wrk_p99 fixed_p99 late cpu_us
 : > "$SUMMARY"
 while read -r name _; do
     rps=$(awk -v n="$name" '$2 == n { print $3 }' "$RESULTS" | median)
     wp99=$(awk -v n="$name" '$2 == n { print $4 }' "$RESULTS" | median)
     fp99=$(awk -v n="$name" '$2 == n { print $3 }' "$FIXED" | median)
     late=$(awk -v n="$name" '$2 == n { s += $5 } END { print s + 0 }' "$FIXED")
-    echo "$name $rps $wp99 $fp99 $late" >> "$SUMMARY"
+    cpu=$(awk -v n="$name" '$2 == n { print $7 }' "$FIXED" | median)
+    echo "$name $rps $wp99 $fp99 $late $cpu" >> "$SUMMARY"
 done < "$TARGETS"
 
 echo
 echo "Medians of $ROUNDS rounds; wrk: $CONNECTIONS connections, $DURATION; fixed rate: $RATE req/s, $RATE_CONNECTIONS connections, $DURATION."
 echo
-echo "| target | requests/s (wrk) | p99 ms (wrk) | p99 ms at $RATE req/s | added p99 ms at $RATE req/s |"
-echo "|---|---:|---:|---:|---:|"
+echo "| target | requests/s (wrk) | p99 ms (wrk) | p99 ms at $RATE req/s | added p99 ms at $RATE req/s | proxy CPU µs/request at $RATE req/s |"
+echo "|---|---:|---:|---:|---:|---:|"
 read -r _ _ _ DIRECT_FP99 _ < <(grep '^direct ' "$SUMMARY")
-while read -r name rps wp99 fp99 late; do
+while read -r name rps wp99 fp99 late cpu; do
     added=$(awk -v a="$fp99" -v b="$DIRECT_FP99" 'BEGIN { printf "%.3f", a - b }')
     note=""
     [ "$late" != 0 ] && note=" ($late late)"
-    printf '| %s | %.0f | %.3f | %.3f%s | %s |\n' "$name" "$rps" "$wp99" "$fp99" "$note" "$added"
+    [ "$cpu" = nan ] && cpu="—"
+    printf '| %s | %.0f | %.3f | %.3f%s | %s | %s |\n' "$name" "$rps" "$wp99" "$fp99" "$note" "$added" "$cpu"
 done < "$SUMMARY"
 awk -v rate="$RATE" -v direct="$DIRECT_FP99" '
     $1 == "nginx-mirror/shadow-mirror" { ngm = $2 }
