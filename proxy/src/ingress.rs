@@ -405,12 +405,11 @@ pub fn ensure_event_id(
     body: &Bytes,
     idempotency_key: Option<&str>,
 ) -> (Bytes, Option<String>, bool) {
-    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(body)
-    else {
+    let Some(obj) = TopLevel::of(body) else {
         return (body.clone(), None, false);
     };
-    if let Some(id) = obj.get("id") {
-        return (body.clone(), id.as_str().map(String::from), false);
+    if let Some(id) = obj.id {
+        return (body.clone(), id, false);
     }
     if let Some(key) = idempotency_key {
         // Both senders derive the id from the same key.
@@ -420,7 +419,7 @@ pub fn ensure_event_id(
         return (body.clone(), None, false);
     };
     let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
-    let member = if obj.is_empty() {
+    let member = if obj.empty {
         format!("\"id\":\"{id}\"")
     } else {
         format!("\"id\":\"{id}\",")
@@ -430,6 +429,56 @@ pub fn ensure_event_id(
     out.extend_from_slice(member.as_bytes());
     out.extend_from_slice(&body[open + 1..]);
     (Bytes::from(out), Some(id), true)
+}
+
+/// What [`ensure_event_id`] needs to know of a JSON object: whether it has
+/// members, and its `"id"` member if any (`Some(None)` when that is not a
+/// string). Read in one pass that skips every other value without building
+/// it: the ingress sees every event, and a full parse into a
+/// `serde_json::Value` was a few percent of the proxy's CPU.
+struct TopLevel {
+    empty: bool,
+    id: Option<Option<String>>,
+}
+
+impl TopLevel {
+    /// None when `body` is not one JSON object (or not JSON).
+    fn of(body: &[u8]) -> Option<TopLevel> {
+        use serde::de::Deserializer as _;
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let top = (&mut de).deserialize_map(TopLevelVisitor).ok()?;
+        // Trailing bytes other than whitespace make it not JSON.
+        de.end().ok()?;
+        Some(top)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut top = TopLevel {
+            empty: true,
+            id: None,
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            top.empty = false;
+            if key == "id" {
+                // As a `Value` map would: the last "id" wins.
+                let v = map.next_value::<serde_json::Value>()?;
+                top.id = Some(v.as_str().map(String::from));
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(top)
+    }
 }
 
 async fn handle(State(ing): State<Arc<Ingress>>, req: Request) -> Response {
@@ -622,5 +671,43 @@ mod tests {
         );
         let body = Bytes::from_static(b"[1]");
         assert_eq!(ensure_event_id(&body, None), (body.clone(), None, false));
+    }
+
+    /// What the one-pass reader must agree with: a full parse into a
+    /// `serde_json::Value` (the code before it).
+    fn reference(body: &[u8]) -> Option<(bool, Option<Option<String>>)> {
+        let serde_json::Value::Object(obj) = serde_json::from_slice(body).ok()? else {
+            return None;
+        };
+        let id = obj.get("id").map(|v| v.as_str().map(String::from));
+        Some((obj.is_empty(), id))
+    }
+
+    #[test]
+    fn the_one_pass_reader_agrees_with_a_full_parse() {
+        let cases: &[&str] = &[
+            "{}",
+            " { } ",
+            r#"{"id":"evt_1"}"#,
+            r#"{"id":7,"type":"x"}"#,
+            r#"{"id":null}"#,
+            r#"{"id":"a","id":"b"}"#,
+            r#"{"\u0069d":"escaped"}"#,
+            r#"{"type":"x","payload":{"id":"nested"}}"#,
+            r#"{"type":"x","payload":[{"id":1}],"n":1.5e3,"t":true}"#,
+            r#"{"id":"evt_1"} trailing"#,
+            r#"{"id":"evt_1"}{"id":"two"}"#,
+            r#"{"type":"x""#,
+            r#"{"type":}"#,
+            "[]",
+            "\"id\"",
+            "",
+            "null",
+            "{\"id\":\"é\"}\n",
+        ];
+        for case in cases {
+            let ours = TopLevel::of(case.as_bytes()).map(|t| (t.empty, t.id));
+            assert_eq!(ours, reference(case.as_bytes()), "{case:?}");
+        }
     }
 }
