@@ -30,6 +30,7 @@
 //! BENCH_HALF_RATE (deliveries/s offered in the half run instead of half
 //! the max run's rate: for comparing two builds at the same load),
 //! BENCH_DEADLINE (the hanging endpoints' deadline, default "2s"),
+//! BENCH_BACKENDS (e.g. "postgres": only these of sqlite and postgres),
 //! HOOKSHIFT_BENCH_POSTGRES_URL or HOOKSHIFT_TEST_POSTGRES_URL. The load
 //! generator and receiver share the 2 cores with the engine, so the figures
 //! are a lower bound for the engine alone.
@@ -499,6 +500,9 @@ fn main() {
         match &pg {
             Some(_) => backends.push("postgres"),
             None => eprintln!("notice: no HOOKSHIFT_BENCH_POSTGRES_URL; PostgreSQL skipped (eval \"$(scripts/postgres.sh)\" sets it)"),
+        }
+        if let Ok(only) = std::env::var("BENCH_BACKENDS") {
+            backends.retain(|b| only.split(',').any(|o| o.trim() == *b));
         }
         let mut rows = Vec::new();
         let mut n = 1;

@@ -722,3 +722,130 @@ async fn ingest_claims_what_the_worker_admits_in_the_same_transaction() {
         assert_eq!(s.rescue_expired(61_001).await.unwrap(), 6, "[{}]", db.label);
     }
 }
+
+/// PostgreSQL only (SQLite has one writer and no row locks). Recording
+/// failures locks the endpoints whose breakers may change, and under load
+/// those locks deadlocked twice over: with ingest, whose foreign-key checks
+/// take `FOR KEY SHARE` on the same endpoint rows, and with another
+/// recorder that met the same failing endpoints in another order. So the
+/// recorder must take `FOR NO KEY UPDATE` (which key-share locks do not
+/// block), and all of them at once in id order, before any other.
+#[tokio::test]
+async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through() {
+    use engine::breaker::BreakerPolicy;
+    use engine::state::OutcomeClass;
+    use engine::store::AttemptRecord;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    use std::time::Duration;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let s = &db.store;
+    endpoints(s, 2).await;
+    s.ingest(&[event("e1", "t"), event("e2", "t")], 1_000)
+        .await
+        .unwrap();
+    let claimed = s.claim("w1", 1_000, 31_000, 10, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    // A server error for each delivery of `event`, ep1's first.
+    let failures = |event: &str| -> Vec<AttemptRecord> {
+        let mut mine: Vec<_> = claimed.iter().filter(|c| c.event_id == event).collect();
+        mine.sort_by(|a, b| b.endpoint_id.cmp(&a.endpoint_id));
+        mine.into_iter()
+            .map(|c| AttemptRecord {
+                delivery_id: c.id.clone(),
+                endpoint_id: c.endpoint_id.clone(),
+                owner: "w1".into(),
+                attempt: c.attempt,
+                to: DeliveryState::RetryScheduled,
+                next_attempt_at: Some(9_000),
+                outcome: OutcomeClass::ServerError,
+                request_headers: "[]".into(),
+                body_sha256: String::new(),
+                response_status: Some(500),
+                response_headers: None,
+                response_body: None,
+                response_truncated: false,
+                duration_ms: 3,
+                error: None,
+                started_at: 1_000,
+                finished_at: 1_003,
+                disable_endpoint: None,
+            })
+            .collect()
+    };
+    let policy = BreakerPolicy {
+        failures: 10,
+        ..BreakerPolicy::default()
+    };
+    let opts = PgConnectOptions::from_str(&db.url)
+        .unwrap()
+        .options([("search_path", db.pg_schema.as_deref().unwrap())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .unwrap();
+
+    // 1. An ingest in progress holds key-share locks on both endpoints, as
+    //    its foreign-key checks do: recording is not held up by them.
+    let mut ingest = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM endpoints WHERE id IN ('ep0', 'ep1') FOR KEY SHARE")
+        .execute(&mut *ingest)
+        .await
+        .unwrap();
+    let recorded = tokio::time::timeout(
+        Duration::from_secs(30),
+        s.record_attempts(&failures("e1"), &policy),
+    )
+    .await
+    .expect("recording waited for an ingest's foreign-key locks");
+    assert!(recorded.unwrap().iter().all(|r| r.moved));
+    ingest.commit().await.unwrap();
+
+    // 2. Another recorder holds ep0. This batch names ep1 first, yet must
+    //    wait for ep0 before it locks ep1.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM endpoints WHERE id = 'ep0' FOR NO KEY UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let store = s.clone();
+    let batch = failures("e2");
+    let recording = tokio::spawn(async move { store.record_attempts(&batch, &policy).await });
+    // Until the recorder waits on a row lock.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%FROM endpoints%'";
+    let mut tries = 0;
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        == 0
+    {
+        tries += 1;
+        assert!(tries < 3_000, "the recorder never waited for ep0");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut probe = pool.begin().await.unwrap();
+    let ep1_free =
+        sqlx::query("SELECT id FROM endpoints WHERE id = 'ep1' FOR NO KEY UPDATE NOWAIT")
+            .execute(&mut *probe)
+            .await;
+    assert!(
+        ep1_free.is_ok(),
+        "the recorder locked ep1 before ep0: {ep1_free:?}"
+    );
+    probe.rollback().await.unwrap();
+    other.commit().await.unwrap();
+    let recorded = recording.await.unwrap().unwrap();
+    assert!(recorded.iter().all(|r| r.moved));
+    // Both failures of both endpoints were counted.
+    let failures: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, consecutive_failures FROM endpoints ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(failures, [("ep0".into(), 2), ("ep1".into(), 2)]);
+}
