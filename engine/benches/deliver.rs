@@ -547,8 +547,15 @@ fn main() {
             // What the cores allow the engine at the max run's CPU cost per
             // delivery, were it alone on the machine and every core busy.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // PostgreSQL's server runs in processes of its own, on the same
+            // cores, and is not in these figures.
+            let server = if *backend == "postgres" {
+                " (the PostgreSQL server's CPU not counted)"
+            } else {
+                ""
+            };
             println!(
-                "| {backend:<8} | engine CPU at max: {:.0} µs/delivery, so at most {:.0} deliveries/s on {cores} cores with no load generator |",
+                "| {backend:<8} | engine CPU at max: {:.0} µs/delivery, so at most {:.0} deliveries/s on {cores} cores with no load generator{server} |",
                 max.cpu.engine_us,
                 cores as f64 * 1e6 / max.cpu.engine_us.max(1.0)
             );

@@ -26,6 +26,39 @@ fn event(id: &str, ty: &str) -> NewEvent {
     }
 }
 
+/// The record of worker w1's attempt at claim `c`: a 200 if `outcome` is
+/// delivered, a 500 otherwise; retried at 9,000 when `to` says so.
+fn attempt_record(
+    c: &engine::store::Claimed,
+    outcome: engine::state::OutcomeClass,
+    to: DeliveryState,
+) -> engine::store::AttemptRecord {
+    engine::store::AttemptRecord {
+        delivery_id: c.id.clone(),
+        endpoint_id: c.endpoint_id.clone(),
+        owner: "w1".into(),
+        attempt: c.attempt,
+        to,
+        next_attempt_at: (to == DeliveryState::RetryScheduled).then_some(9_000),
+        outcome,
+        request_headers: "[]".into(),
+        body_sha256: String::new(),
+        response_status: Some(if outcome == engine::state::OutcomeClass::Delivered {
+            200
+        } else {
+            500
+        }),
+        response_headers: None,
+        response_body: None,
+        response_truncated: false,
+        duration_ms: 3,
+        error: None,
+        started_at: 1_000,
+        finished_at: 1_003,
+        disable_endpoint: None,
+    }
+}
+
 async fn endpoints(store: &Store, n: usize) {
     for i in 0..n {
         store
@@ -498,31 +531,7 @@ async fn one_batch_records_each_attempt_under_its_own_lease() {
                 .unwrap()
         };
         let record = |event: &str, endpoint: &str, outcome: OutcomeClass, to: DeliveryState| {
-            let c = find(event, endpoint);
-            AttemptRecord {
-                delivery_id: c.id.clone(),
-                endpoint_id: c.endpoint_id.clone(),
-                owner: "w1".into(),
-                attempt: c.attempt,
-                to,
-                next_attempt_at: (to == DeliveryState::RetryScheduled).then_some(9_000),
-                outcome,
-                request_headers: "[]".into(),
-                body_sha256: String::new(),
-                response_status: Some(if outcome == OutcomeClass::Delivered {
-                    200
-                } else {
-                    500
-                }),
-                response_headers: None,
-                response_body: None,
-                response_truncated: false,
-                duration_ms: 3,
-                error: None,
-                started_at: 1_000,
-                finished_at: 1_003,
-                disable_endpoint: None,
-            }
+            attempt_record(find(event, endpoint), outcome, to)
         };
         use DeliveryState::{RetryScheduled, Succeeded};
         use OutcomeClass::{Delivered, ServerError};
@@ -753,26 +762,7 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
         let mut mine: Vec<_> = claimed.iter().filter(|c| c.event_id == event).collect();
         mine.sort_by(|a, b| b.endpoint_id.cmp(&a.endpoint_id));
         mine.into_iter()
-            .map(|c| AttemptRecord {
-                delivery_id: c.id.clone(),
-                endpoint_id: c.endpoint_id.clone(),
-                owner: "w1".into(),
-                attempt: c.attempt,
-                to: DeliveryState::RetryScheduled,
-                next_attempt_at: Some(9_000),
-                outcome: OutcomeClass::ServerError,
-                request_headers: "[]".into(),
-                body_sha256: String::new(),
-                response_status: Some(500),
-                response_headers: None,
-                response_body: None,
-                response_truncated: false,
-                duration_ms: 3,
-                error: None,
-                started_at: 1_000,
-                finished_at: 1_003,
-                disable_endpoint: None,
-            })
+            .map(|c| attempt_record(c, OutcomeClass::ServerError, DeliveryState::RetryScheduled))
             .collect()
     };
     let policy = BreakerPolicy {
