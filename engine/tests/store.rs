@@ -744,8 +744,6 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
     use engine::breaker::BreakerPolicy;
     use engine::state::OutcomeClass;
     use engine::store::AttemptRecord;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use std::str::FromStr;
     use std::time::Duration;
     let Some(db) = TestDb::postgres().await else {
         return;
@@ -769,14 +767,7 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
         failures: 10,
         ..BreakerPolicy::default()
     };
-    let opts = PgConnectOptions::from_str(&db.url)
-        .unwrap()
-        .options([("search_path", db.pg_schema.as_deref().unwrap())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await
-        .unwrap();
+    let pool = schema_pool(&db).await;
 
     // 1. An ingest in progress holds key-share locks on both endpoints, as
     //    its foreign-key checks do: recording is not held up by them.
@@ -804,30 +795,12 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
     let store = s.clone();
     let batch = failures("e2");
     let recording = tokio::spawn(async move { store.record_attempts(&batch, &policy).await });
-    // Until the recorder waits on a row lock.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                   AND query LIKE '%FROM endpoints%'";
-    let mut tries = 0;
-    while sqlx::query_scalar::<_, i64>(waiting)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        == 0
-    {
-        tries += 1;
-        assert!(tries < 3_000, "the recorder never waited for ep0");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut probe = pool.begin().await.unwrap();
-    let ep1_free =
-        sqlx::query("SELECT id FROM endpoints WHERE id = 'ep1' FOR NO KEY UPDATE NOWAIT")
-            .execute(&mut *probe)
-            .await;
+    until_waiting_on_a_lock(&pool, "FROM endpoints", "the recorder").await;
+    let ep1_free = lockable_now(&pool, "ep1").await;
     assert!(
         ep1_free.is_ok(),
         "the recorder locked ep1 before ep0: {ep1_free:?}"
     );
-    probe.rollback().await.unwrap();
     other.commit().await.unwrap();
     let recorded = recording.await.unwrap().unwrap();
     assert!(recorded.iter().all(|r| r.moved));
@@ -838,4 +811,109 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
             .await
             .unwrap();
     assert_eq!(failures, [("ep0".into(), 2), ("ep1".into(), 2)]);
+}
+
+/// PostgreSQL only. A claim that takes probes for open breakers locks those
+/// endpoints as the recorders do, in id order (see the test above), not in
+/// the order the table is scanned.
+#[tokio::test]
+async fn a_claim_locks_the_endpoints_it_probes_in_id_order() {
+    use engine::store::ClaimSpec;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let s = &db.store;
+    // Created ep1 first, so a scan of the table meets it first.
+    for id in ["ep1", "ep0"] {
+        s.upsert_endpoint(id, &spec("https://example.com/h", &[]), Some("whsec_x"), 1)
+            .await
+            .unwrap();
+    }
+    s.ingest(&[event("e1", "t")], 1_000).await.unwrap();
+    let pool = schema_pool(&db).await;
+    sqlx::query(
+        "UPDATE endpoints SET breaker_state = 'open', breaker_opened_at = 0, breaker_probe_at = 0",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Another transaction (a recorder) holds ep0.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM endpoints WHERE id = 'ep0' FOR NO KEY UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let store = s.clone();
+    let claiming = tokio::spawn(async move {
+        store
+            .claim_with(&ClaimSpec {
+                owner: "w1",
+                now: 1_000,
+                lease_until: 31_000,
+                limit: 10,
+                skip_endpoints: &[],
+                quotas: &[],
+                rate_limits_by_quota: false,
+                probe_interval_ms: Some(5_000),
+            })
+            .await
+    });
+    until_waiting_on_a_lock(&pool, "UPDATE endpoints", "the claim").await;
+    let ep1_free = lockable_now(&pool, "ep1").await;
+    assert!(
+        ep1_free.is_ok(),
+        "the claim locked ep1 before ep0: {ep1_free:?}"
+    );
+    other.commit().await.unwrap();
+    // Each open endpoint's one delivery went out as its probe.
+    let claimed = claiming.await.unwrap().unwrap();
+    let mut endpoints: Vec<&str> = claimed.iter().map(|c| c.endpoint_id.as_str()).collect();
+    endpoints.sort_unstable();
+    assert_eq!(endpoints, ["ep0", "ep1"]);
+}
+
+/// A pool on a PostgreSQL test database's schema, for a test's own
+/// transactions beside the store's.
+async fn schema_pool(db: &TestDb) -> sqlx::PgPool {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    let opts = PgConnectOptions::from_str(&db.url)
+        .unwrap()
+        .options([("search_path", db.pg_schema.as_deref().unwrap())]);
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
+
+/// Waits until a session waits on a lock in a statement containing `sql`.
+async fn until_waiting_on_a_lock(pool: &sqlx::PgPool, sql: &str, who: &str) {
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%' || $1 || '%'";
+    for _ in 0..3_000 {
+        let n: i64 = sqlx::query_scalar(waiting)
+            .bind(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{who} never waited on a lock");
+}
+
+/// Whether `endpoint`'s row can be locked at once (`NOWAIT`), tried in a
+/// transaction that is then rolled back.
+async fn lockable_now(pool: &sqlx::PgPool, endpoint: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked = sqlx::query("SELECT id FROM endpoints WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ());
+    tx.rollback().await?;
+    locked
 }

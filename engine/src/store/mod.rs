@@ -875,7 +875,14 @@ impl Store {
             let mut parts: Vec<(Option<String>, bool, i64)> = Vec::new();
             if let Some(every) = spec.probe_interval_ms {
                 let mut qb = QueryBuilder::new("UPDATE endpoints SET breaker_probe_at = ");
-                qb.push_bind(now + every).push(
+                qb.push_bind(now + every);
+                // PostgreSQL: the rows are locked first, in id order, as the
+                // recorders lock endpoints (see `record_attempts`); a plain
+                // UPDATE would lock them in the order it finds them.
+                if kind == BackendKind::Postgres {
+                    qb.push(" WHERE id IN (SELECT id FROM endpoints");
+                }
+                qb.push(
                     " WHERE breaker_state = 'open' AND NOT disabled AND deleted_at IS NULL \
                      AND COALESCE(breaker_probe_at, 0) <= ",
                 )
@@ -895,6 +902,9 @@ impl Store {
                         sep.push_bind(e);
                     }
                     qb.push(")");
+                }
+                if kind == BackendKind::Postgres {
+                    qb.push(" ORDER BY id FOR NO KEY UPDATE)");
                 }
                 qb.push(" RETURNING id");
                 let probes: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
