@@ -787,22 +787,13 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
 
     // 2. Another recorder holds ep0. This batch names ep1 first, yet must
     //    wait for ep0 before it locks ep1.
-    let mut other = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM endpoints WHERE id = 'ep0' FOR NO KEY UPDATE")
-        .execute(&mut *other)
-        .await
-        .unwrap();
     let store = s.clone();
     let batch = failures("e2");
-    let recording = tokio::spawn(async move { store.record_attempts(&batch, &policy).await });
-    until_waiting_on_a_lock(&pool, "FROM endpoints", "the recorder").await;
-    let ep1_free = lockable_now(&pool, "ep1").await;
-    assert!(
-        ep1_free.is_ok(),
-        "the recorder locked ep1 before ep0: {ep1_free:?}"
-    );
-    other.commit().await.unwrap();
-    let recorded = recording.await.unwrap().unwrap();
+    let recorded = locks_ep0_before_ep1(&pool, "the recorder", "FROM endpoints", async move {
+        store.record_attempts(&batch, &policy).await
+    })
+    .await
+    .unwrap();
     assert!(recorded.iter().all(|r| r.moved));
     // Both failures of both endpoints were counted.
     let failures: Vec<(String, i64)> =
@@ -837,14 +828,8 @@ async fn a_claim_locks_the_endpoints_it_probes_in_id_order() {
     .execute(&pool)
     .await
     .unwrap();
-    // Another transaction (a recorder) holds ep0.
-    let mut other = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM endpoints WHERE id = 'ep0' FOR NO KEY UPDATE")
-        .execute(&mut *other)
-        .await
-        .unwrap();
     let store = s.clone();
-    let claiming = tokio::spawn(async move {
+    let claimed = locks_ep0_before_ep1(&pool, "the claim", "UPDATE endpoints", async move {
         store
             .claim_with(&ClaimSpec {
                 owner: "w1",
@@ -857,16 +842,10 @@ async fn a_claim_locks_the_endpoints_it_probes_in_id_order() {
                 probe_interval_ms: Some(5_000),
             })
             .await
-    });
-    until_waiting_on_a_lock(&pool, "UPDATE endpoints", "the claim").await;
-    let ep1_free = lockable_now(&pool, "ep1").await;
-    assert!(
-        ep1_free.is_ok(),
-        "the claim locked ep1 before ep0: {ep1_free:?}"
-    );
-    other.commit().await.unwrap();
+    })
+    .await
+    .unwrap();
     // Each open endpoint's one delivery went out as its probe.
-    let claimed = claiming.await.unwrap().unwrap();
     let mut endpoints: Vec<&str> = claimed.iter().map(|c| c.endpoint_id.as_str()).collect();
     endpoints.sort_unstable();
     assert_eq!(endpoints, ["ep0", "ep1"]);
@@ -887,33 +866,46 @@ async fn schema_pool(db: &TestDb) -> sqlx::PgPool {
         .unwrap()
 }
 
-/// Waits until a session waits on a lock in a statement containing `sql`.
-async fn until_waiting_on_a_lock(pool: &sqlx::PgPool, sql: &str, who: &str) {
+/// With ep0 held by another transaction, runs `op`, which locks ep0 and
+/// ep1, and checks that it waits for ep0 before it locks ep1: once `op`
+/// waits on a lock in a statement containing `sql`, ep1 must still be free
+/// (`NOWAIT`). Then releases ep0 and returns what `op` returned.
+async fn locks_ep0_before_ep1<T: Send + 'static>(
+    pool: &sqlx::PgPool,
+    who: &str,
+    sql: &str,
+    op: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM endpoints WHERE id = 'ep0' FOR NO KEY UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let task = tokio::spawn(op);
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
                    AND query LIKE '%' || $1 || '%'";
-    for _ in 0..3_000 {
-        let n: i64 = sqlx::query_scalar(waiting)
-            .bind(sql)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        if n > 0 {
-            return;
-        }
+    let mut tries = 0;
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .bind(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        == 0
+    {
+        tries += 1;
+        assert!(tries < 3_000, "{who} never waited on a lock");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("{who} never waited on a lock");
-}
-
-/// Whether `endpoint`'s row can be locked at once (`NOWAIT`), tried in a
-/// transaction that is then rolled back.
-async fn lockable_now(pool: &sqlx::PgPool, endpoint: &str) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let locked = sqlx::query("SELECT id FROM endpoints WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
-        .bind(endpoint)
-        .execute(&mut *tx)
-        .await
-        .map(|_| ());
-    tx.rollback().await?;
-    locked
+    let mut probe = pool.begin().await.unwrap();
+    let ep1_free =
+        sqlx::query("SELECT id FROM endpoints WHERE id = 'ep1' FOR NO KEY UPDATE NOWAIT")
+            .execute(&mut *probe)
+            .await;
+    assert!(
+        ep1_free.is_ok(),
+        "{who} locked ep1 before ep0: {ep1_free:?}"
+    );
+    probe.rollback().await.unwrap();
+    other.commit().await.unwrap();
+    task.await.unwrap()
 }
