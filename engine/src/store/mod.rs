@@ -1340,13 +1340,22 @@ impl Store {
                     quiet.remove(&rec.endpoint_id);
                 }
             }
-            // PostgreSQL: lock every endpoint row this batch may change, at
-            // once and in id order, before the records are gone through in
-            // their own order. Several recorders commit side by side, and
-            // two that locked the same failing endpoints in different
-            // orders deadlocked (seen with 10% of endpoints hanging).
+            // PostgreSQL: lock every endpoint row this batch may change (a
+            // breaker, or a 410's disabling), at once and in id order,
+            // before the records are gone through in their own order.
+            // Several recorders commit side by side, and two that locked
+            // the same failing endpoints in different orders deadlocked
+            // (seen with 10% of endpoints hanging).
             if !lock.is_empty() {
-                let loud: Vec<&str> = watched.iter().copied().filter(|e| !quiet.contains(*e)).collect();
+                let mut loud: Vec<&str> = watched.iter().copied().filter(|e| !quiet.contains(*e)).collect();
+                loud.extend(
+                    recs.iter()
+                        .zip(&moved)
+                        .filter(|(_, moved)| **moved)
+                        .filter_map(|(r, _)| r.disable_endpoint.as_deref()),
+                );
+                loud.sort_unstable();
+                loud.dedup();
                 for chunk in loud.chunks(ROWS_PER_INSERT) {
                     let mut qb = QueryBuilder::new("SELECT id FROM endpoints WHERE id IN (");
                     let mut sep = qb.separated(", ");
