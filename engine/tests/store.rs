@@ -789,7 +789,7 @@ async fn recording_failures_locks_endpoints_in_id_order_and_lets_ingest_through(
     //    wait for ep0 before it locks ep1.
     let store = s.clone();
     let batch = failures("e2");
-    let recorded = locks_ep0_before_ep1(&pool, "the recorder", "FROM endpoints", async move {
+    let recorded = locks_ep0_before_ep1(&pool, "the recorder", "endpoints", async move {
         store.record_attempts(&batch, &policy).await
     })
     .await
