@@ -6,6 +6,11 @@
 #   nginx-mirror      client -> nginx proxy_pass + `mirror` -> primary, shadow
 #   hookshift         client -> hookshift ingress -> primary, mirror -> shadow
 #                     (and with ingress.mirror = false, the no-mirror baseline)
+#   bare-hyper        client -> proxy/examples/bare_proxy.rs -> primary (and
+#                     mirror -> shadow): the least a proxy on hookshift's stack
+#                     (hyper, tokio) does; no framework, id, capture or
+#                     metrics. A floor for the hookshift rows: what the stack
+#                     costs on this machine before the ingress does its work.
 # and the mirroring ones again with a shadow that accepts connections and
 # never answers. The two upstreams are one nginx (`return 202`), so every
 # proxy is measured against the same upstreams on the same machine.
@@ -47,6 +52,7 @@ RATE_CONNECTIONS=${RATE_CONNECTIONS:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${HOOKSHIFT_BIN:-$ROOT/target/release/hookshift}
 LOADGEN=${LOADGEN_BIN:-$ROOT/target/release/examples/fixed_rate}
+BARE=${BARE_BIN:-$ROOT/target/release/examples/bare_proxy}
 
 for tool in wrk nginx python3 curl; do
     command -v "$tool" >/dev/null || { echo "bench-proxy: $tool not found (apt-get install -y wrk nginx-light python3 curl)" >&2; exit 1; }
@@ -58,6 +64,10 @@ fi
 if [ ! -x "$LOADGEN" ]; then
     echo "bench-proxy: building $LOADGEN (cargo build --release -p proxy --example fixed_rate)" >&2
     (cd "$ROOT" && cargo build --release -p proxy --example fixed_rate)
+fi
+if [ ! -x "$BARE" ]; then
+    echo "bench-proxy: building $BARE (cargo build --release -p proxy --example bare_proxy)" >&2
+    (cd "$ROOT" && cargo build --release -p proxy --example bare_proxy)
 fi
 
 W=$(mktemp -d)
@@ -199,6 +209,16 @@ EOF
     ADMINS+=("hookshift/shadow-$shadow=http://127.0.0.1:$AD")
 done
 
+# The floor: the same stack as the ingress with none of its work.
+for shadow in off mirror; do
+    BP=$(port)
+    MIRROR_ARGS=(); [ "$shadow" = mirror ] && MIRROR_ARGS=(--mirror "http://127.0.0.1:$SHADOW")
+    "$BARE" --listen "127.0.0.1:$BP" --upstream "http://127.0.0.1:$PRIMARY" "${MIRROR_ARGS[@]}" > "$W/bare-$shadow.out" &
+    PIDS+=($!)
+    wait_port "$BP"
+    echo "bare-hyper/shadow-$shadow http://127.0.0.1:$BP ${PIDS[-1]}" >> "$TARGETS"
+done
+
 RESULTS="$W/results" # round name rps wrk_p99_ms non2xx
 FIXED="$W/fixed"     # round name p99_ms ok late errors cpu_us_per_request
 : > "$RESULTS"
@@ -288,8 +308,10 @@ awk -v rate="$RATE" -v direct="$DIRECT_FP99" '
     $1 == "hookshift/shadow-mirror" { hs = $2; hsp = $4 }
     $1 == "hookshift/shadow-hanging" { hh = $2; hhp = $4 }
     $1 == "hookshift/shadow-off" { hoff = $2 }
+    $1 == "bare-hyper/shadow-mirror" { bmp = $4 }
     END {
         printf "\nadded p99 at %d req/s, hookshift mirroring: %.3f ms; with a hanging shadow: %.3f ms (target < 1 ms)\n", rate, hsp - direct, hhp - direct
+        printf "floor of the stack (bare-hyper, mirroring): added p99 %.3f ms\n", bmp - direct
         printf "hookshift mirroring throughput vs nginx mirror: %.2fx (target >= 1)\n", hs / ngm
         printf "hookshift with a hanging shadow vs hookshift without mirroring: %.0f%% (target >= 95%%)\n", 100 * hh / hoff
     }' "$SUMMARY"
