@@ -54,8 +54,13 @@ async fn forward(
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers.clone();
     req.headers_mut().remove(hyper::header::HOST);
+    req.headers_mut().remove(hyper::header::CONNECTION);
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    // Hop-by-hop: an upstream's `Connection: close` (nginx's on the last
+    // request of a keep-alive connection) is not the client's.
+    parts.headers.remove(hyper::header::CONNECTION);
+    parts.headers.remove("keep-alive");
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Response::from_parts(parts, Full::new(body)))
 }
