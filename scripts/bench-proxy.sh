@@ -149,7 +149,7 @@ wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 
-# Every target is started now: "name url" lines in measuring order.
+# Every target is started now: "name url pid" lines in measuring order (pid "-": no proxy process to read CPU time from).
 TARGETS="$W/targets"
 : > "$TARGETS"
 echo "direct http://127.0.0.1:$PRIMARY -" >> "$TARGETS"

@@ -56,10 +56,10 @@ pub enum CaptureError {
     /// The URL is neither SQLite nor PostgreSQL.
     #[error("unsupported capture store URL (expected sqlite://PATH or postgres://…)")]
     UnsupportedUrl,
-    /// The background writer has stopped (the store was closed).
+    /// The capture file's own writer connection failed to open.
     #[error("capture store: {0}")]
     File(#[from] rusqlite::Error),
-
+    /// The background writer has stopped (the store was closed).
     #[error("capture writer stopped")]
     WriterGone,
     /// Writing an export failed.
@@ -662,6 +662,8 @@ async fn writer(sink: Sink, mut rx: mpsc::Receiver<Job>, stats: Arc<CaptureStats
                 }
             }
         }
+        // Counted before the write: a writer thread that fails loses the batch.
+        let rows = batch.len() as u64;
         let mut result;
         (batch, result) = write(&sink, batch).await;
         if result.is_err() {
@@ -670,7 +672,6 @@ async fn writer(sink: Sink, mut rx: mpsc::Receiver<Job>, stats: Arc<CaptureStats
             tokio::time::sleep(Duration::from_millis(50)).await;
             (batch, result) = write(&sink, batch).await;
         }
-        let rows = batch.len() as u64;
         match &result {
             Ok(()) => {
                 stats.written.fetch_add(rows, Ordering::Relaxed);
@@ -757,11 +758,110 @@ async fn write(sink: &Sink, batch: Vec<Job>) -> (Vec<Job>, std::result::Result<(
     }
 }
 
-/// `INSERT INTO table (columns) ` completed for one row of `n` values.
-fn single_row(insert: &str, n: usize) -> String {
+/// One value of a capture row, typed as its column stores it.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Text(Option<&'a str>),
+    Blob(Option<&'a [u8]>),
+    Int(Option<i64>),
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Value::Text(v) => v.to_sql(),
+            Value::Blob(v) => v.to_sql(),
+            Value::Int(v) => v.to_sql(),
+        }
+    }
+}
+
+/// A row's header lists as JSON, serialised here, off the request path:
+/// an egress row's request and response lists, an ingress row's request,
+/// primary and shadow lists.
+fn headers_of(write: &Write) -> [Option<String>; 3] {
+    let json = |h: &Option<Vec<(String, String)>>| h.as_deref().map(headers_json);
+    match write {
+        Write::Egress(r) => [
+            Some(headers_json(&r.request_headers)),
+            json(&r.response_headers),
+            None,
+        ],
+        Write::Ingress(r) => [
+            Some(headers_json(&r.request_headers)),
+            json(&r.primary_headers),
+            json(&r.shadow_headers),
+        ],
+    }
+}
+
+/// A row's values in its table's column order ([`EGRESS_INSERT`],
+/// [`INGRESS_INSERT`]): the one list both writers bind.
+enum RowValues<'a> {
+    Egress([Value<'a>; 19]),
+    Ingress([Value<'a>; 18]),
+}
+
+fn values<'a>(write: &'a Write, headers: &'a [Option<String>; 3]) -> RowValues<'a> {
+    use Value::{Blob, Int, Text};
+    let h = |i: usize| Text(headers[i].as_deref());
+    match write {
+        Write::Egress(r) => RowValues::Egress([
+            Text(Some(r.sender)),
+            Text(Some(r.role)),
+            Text(Some(r.source)),
+            Text(r.event_id.as_deref()),
+            Text(Some(&r.endpoint_url)),
+            Int(Some(r.attempt)),
+            Int(Some(r.ramp_bp)),
+            Text(Some(&r.method)),
+            Text(Some(&r.target)),
+            Text(Some(&r.http_version)),
+            h(0),
+            Blob(Some(&r.request_body)),
+            Int(r.response_status),
+            h(1),
+            Blob(r.response_body.as_deref()),
+            Text(r.fault),
+            Int(Some(r.latency_us)),
+            Int(Some(r.started_at)),
+            Text(r.note.as_deref()),
+        ]),
+        Write::Ingress(r) => RowValues::Ingress([
+            Text(Some(&r.method)),
+            Text(Some(&r.path)),
+            h(0),
+            Blob(Some(&r.request_body)),
+            Text(r.event_id.as_deref()),
+            Int(Some(r.injected_id as i64)),
+            Text(Some(r.primary_sender)),
+            Int(r.primary_status),
+            h(1),
+            Blob(r.primary_body.as_deref()),
+            Int(Some(r.primary_latency_us)),
+            Text(r.primary_error.as_deref()),
+            Int(r.shadow_status),
+            h(2),
+            Blob(r.shadow_body.as_deref()),
+            Int(r.shadow_latency_us),
+            Text(r.shadow_error.as_deref()),
+            Int(Some(r.at)),
+        ]),
+    }
+}
+
+/// `INSERT INTO table (columns) ` completed for one row, with one
+/// parameter per column in the list.
+fn single_row(insert: &str) -> String {
+    let n = insert.matches(',').count() + 1;
     let params: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
     format!("{insert}VALUES ({})", params.join(", "))
 }
+
+static EGRESS_INSERT_ONE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| single_row(EGRESS_INSERT));
+static INGRESS_INSERT_ONE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| single_row(INGRESS_INSERT));
 
 /// The [`Sink::File`] transaction: each row in arrival order through its
 /// table's cached single-row statement.
@@ -769,62 +869,19 @@ fn write_file(
     conn: &std::sync::Mutex<rusqlite::Connection>,
     batch: &[Job],
 ) -> rusqlite::Result<()> {
-    use rusqlite::params;
     // A panic mid-batch leaves no open transaction (rusqlite rolls back on
     // drop), so the connection is usable after a poisoned lock.
     let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut egress = tx.prepare_cached(&single_row(EGRESS_INSERT, 19))?;
-        let mut ingress = tx.prepare_cached(&single_row(INGRESS_INSERT, 18))?;
+        let mut egress = tx.prepare_cached(&EGRESS_INSERT_ONE)?;
+        let mut ingress = tx.prepare_cached(&INGRESS_INSERT_ONE)?;
         for job in batch {
-            match &job.write {
-                Write::Egress(r) => {
-                    egress.execute(params![
-                        r.sender,
-                        r.role,
-                        r.source,
-                        r.event_id,
-                        r.endpoint_url,
-                        r.attempt,
-                        r.ramp_bp,
-                        r.method,
-                        r.target,
-                        r.http_version,
-                        headers_json(&r.request_headers),
-                        r.request_body,
-                        r.response_status,
-                        r.response_headers.as_deref().map(headers_json),
-                        r.response_body,
-                        r.fault,
-                        r.latency_us,
-                        r.started_at,
-                        r.note,
-                    ])?;
-                }
-                Write::Ingress(r) => {
-                    ingress.execute(params![
-                        r.method,
-                        r.path,
-                        headers_json(&r.request_headers),
-                        r.request_body.as_ref(),
-                        r.event_id,
-                        r.injected_id as i64,
-                        r.primary_sender,
-                        r.primary_status,
-                        r.primary_headers.as_deref().map(headers_json),
-                        r.primary_body.as_deref(),
-                        r.primary_latency_us,
-                        r.primary_error,
-                        r.shadow_status,
-                        r.shadow_headers.as_deref().map(headers_json),
-                        r.shadow_body.as_deref(),
-                        r.shadow_latency_us,
-                        r.shadow_error,
-                        r.at,
-                    ])?;
-                }
-            }
+            let headers = headers_of(&job.write);
+            match values(&job.write, &headers) {
+                RowValues::Egress(cols) => egress.execute(rusqlite::params_from_iter(cols))?,
+                RowValues::Ingress(cols) => ingress.execute(rusqlite::params_from_iter(cols))?,
+            };
         }
     }
     tx.commit()
@@ -833,80 +890,34 @@ fn write_file(
 /// Commits one batch in one transaction: each table's rows in arrival
 /// order, several rows per statement.
 async fn write_batch(backend: &Backend, batch: &[Job]) -> std::result::Result<(), sqlx::Error> {
-    let mut egress: Vec<&EgressRecord> = Vec::new();
-    let mut ingress: Vec<(&IngressRecord, String, Option<String>, Option<String>)> = Vec::new();
-    for job in batch {
-        match &job.write {
-            Write::Egress(r) => egress.push(r),
-            // Header lists are serialised here, off the request path.
-            Write::Ingress(r) => ingress.push((
-                r,
-                headers_json(&r.request_headers),
-                r.primary_headers.as_deref().map(headers_json),
-                r.shadow_headers.as_deref().map(headers_json),
-            )),
+    let headers: Vec<[Option<String>; 3]> = batch.iter().map(|j| headers_of(&j.write)).collect();
+    let mut egress: Vec<[Value; 19]> = Vec::new();
+    let mut ingress: Vec<[Value; 18]> = Vec::new();
+    for (job, h) in batch.iter().zip(&headers) {
+        match values(&job.write, h) {
+            RowValues::Egress(cols) => egress.push(cols),
+            RowValues::Ingress(cols) => ingress.push(cols),
         }
     }
-    let egress_headers: Vec<(String, Option<String>)> = egress
-        .iter()
-        .map(|r| {
-            (
-                headers_json(&r.request_headers),
-                r.response_headers.as_deref().map(headers_json),
-            )
-        })
-        .collect();
-    let egress: Vec<_> = egress.into_iter().zip(egress_headers.iter()).collect();
     with_pool!(backend, pool => {
         let mut tx = pool.begin().await?;
-        for chunk in chunks(&egress) {
-            let mut qb = builder(pool, EGRESS_INSERT);
-            qb.push_values(chunk, |mut b, (r, (req_h, resp_h))| {
-                b.push_bind(r.sender)
-                    .push_bind(r.role)
-                    .push_bind(r.source)
-                    .push_bind(r.event_id.as_deref())
-                    .push_bind(r.endpoint_url.as_str())
-                    .push_bind(r.attempt)
-                    .push_bind(r.ramp_bp)
-                    .push_bind(r.method.as_str())
-                    .push_bind(r.target.as_str())
-                    .push_bind(r.http_version.as_str())
-                    .push_bind(req_h.as_str())
-                    .push_bind(r.request_body.as_slice())
-                    .push_bind(r.response_status)
-                    .push_bind(resp_h.as_deref())
-                    .push_bind(r.response_body.as_deref())
-                    .push_bind(r.fault)
-                    .push_bind(r.latency_us)
-                    .push_bind(r.started_at)
-                    .push_bind(r.note.as_deref());
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        for chunk in chunks(&ingress) {
-            let mut qb = builder(pool, INGRESS_INSERT);
-            qb.push_values(chunk, |mut b, (r, req_h, primary_h, shadow_h)| {
-                b.push_bind(r.method.as_str())
-                    .push_bind(r.path.as_str())
-                    .push_bind(req_h.as_str())
-                    .push_bind(r.request_body.as_ref())
-                    .push_bind(r.event_id.as_deref())
-                    .push_bind(r.injected_id as i64)
-                    .push_bind(r.primary_sender)
-                    .push_bind(r.primary_status)
-                    .push_bind(primary_h.as_deref())
-                    .push_bind(r.primary_body.as_deref())
-                    .push_bind(r.primary_latency_us)
-                    .push_bind(r.primary_error.as_deref())
-                    .push_bind(r.shadow_status)
-                    .push_bind(shadow_h.as_deref())
-                    .push_bind(r.shadow_body.as_deref())
-                    .push_bind(r.shadow_latency_us)
-                    .push_bind(r.shadow_error.as_deref())
-                    .push_bind(r.at);
-            });
-            qb.build().execute(&mut *tx).await?;
+        for (insert, rows) in [
+            (EGRESS_INSERT, egress.iter().map(|c| &c[..]).collect::<Vec<_>>()),
+            (INGRESS_INSERT, ingress.iter().map(|c| &c[..]).collect()),
+        ] {
+            for chunk in chunks(&rows) {
+                let mut qb = builder(pool, insert);
+                qb.push_values(chunk, |mut b, cols| {
+                    for col in cols.iter() {
+                        match *col {
+                            Value::Text(v) => b.push_bind(v),
+                            Value::Blob(v) => b.push_bind(v),
+                            Value::Int(v) => b.push_bind(v),
+                        };
+                    }
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
         }
         tx.commit().await
     })
