@@ -239,6 +239,17 @@ struct Figures {
     p99_ms: f64,
     errors: usize,
     cpu: CpuFigures,
+    /// Events per ingest transaction (group commit), from the engine's
+    /// metrics: `cargo bench --bench store_writer` gives what SQLite's
+    /// writer alone persists at such a batch size.
+    events_per_commit: f64,
+}
+
+/// A counter's value in a Prometheus text exposition.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -431,6 +442,16 @@ async fn run(
     };
     let cpu = cpu_per_delivery(&cpu_before, &cpu_by_thread_name(), healthy_total);
     progress.abort();
+    let metrics = admin
+        .get(format!("{}/metrics", engine.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events_per_commit = counter(&metrics, "hookshift_ingest_batch_events_total")
+        / counter(&metrics, "hookshift_ingest_batches_total").max(1.0);
     engine.shutdown().await;
     let hist = seen.latency.lock().unwrap().clone();
     Figures {
@@ -440,6 +461,7 @@ async fn run(
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         errors: errors.load(Ordering::Relaxed),
         cpu,
+        events_per_commit,
     }
 }
 
@@ -558,6 +580,10 @@ fn main() {
                 "| {backend:<8} | engine CPU at max: {:.0} µs/delivery, so at most {:.0} deliveries/s on {cores} cores with no load generator{server} |",
                 max.cpu.engine_us,
                 cores as f64 * 1e6 / max.cpu.engine_us.max(1.0)
+            );
+            println!(
+                "| {backend:<8} | events per ingest commit: {:.1} at max, {:.1} at half rate |",
+                max.events_per_commit, half.events_per_commit
             );
         }
         println!();
