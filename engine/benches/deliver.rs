@@ -39,7 +39,7 @@ use engine::clock::SystemClock;
 use engine::config::{EngineConfig, WorkerSection};
 use engine::state::DeliveryState;
 use engine::store::Store;
-use engine::testing::TestEngine;
+use engine::testing::{metric, TestEngine};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -245,13 +245,6 @@ struct Figures {
     events_per_commit: f64,
 }
 
-/// A counter's value in a Prometheus text exposition.
-fn counter(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run(
     load: &Handle,
@@ -450,8 +443,8 @@ async fn run(
         .text()
         .await
         .unwrap();
-    let events_per_commit = counter(&metrics, "hookshift_ingest_batch_events_total")
-        / counter(&metrics, "hookshift_ingest_batches_total").max(1.0);
+    let events_per_commit = metric(&metrics, "hookshift_ingest_batch_events_total")
+        / metric(&metrics, "hookshift_ingest_batches_total").max(1.0);
     engine.shutdown().await;
     let hist = seen.latency.lock().unwrap().clone();
     Figures {

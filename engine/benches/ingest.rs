@@ -212,12 +212,7 @@ async fn run(label: &str, store: Store, events: usize, concurrency: usize) -> Fi
         .text()
         .await
         .unwrap();
-    let metric = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metric = |name: &str| engine::testing::metric(&metrics, name);
     let batches = metric("hookshift_ingest_batches_total").max(1.0);
     eprintln!(
         "  [{label}] group commit: {:.1} events per batch, {:.2} ms per batch",

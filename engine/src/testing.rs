@@ -160,6 +160,16 @@ impl Drop for TestEngine {
     }
 }
 
+/// A sample's value in a Prometheus text exposition (`GET /metrics`), by its
+/// full name with labels; 0 when absent. For benches and tests that read
+/// the engine's own counters.
+pub fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Builds the legacy Go sender (`fixtures/legacy-go`) once per test process
 /// and returns its path. Without `go` on PATH it prints a notice naming what
 /// is skipped and returns None, except under `CI=true`, where Go is required
